@@ -1,0 +1,113 @@
+"""PDD on fake decoders (exact expectations) and on a tiny random whisfusion model."""
+
+import numpy as np
+import pytest
+import torch
+
+from whisfusion_cli.config import PRESETS, DecodingOptions
+from whisfusion_cli.decoding import canvas_to_ids, content_mask, mean_confidence, pdd
+from whisfusion_cli.errors import ConfigError
+
+V, MASK, EOS = 12, 12, 2
+CPU = torch.device("cpu")
+
+
+class Recorder:
+    """A fake decoder: fixed per-position logits; records what each call saw."""
+
+    def __init__(self, logits_fn):
+        self.logits_fn = logits_fn
+        self.calls: list[torch.Tensor] = []
+
+    def __call__(self, canvas: torch.Tensor) -> torch.Tensor:
+        self.calls.append(canvas.clone())
+        return self.logits_fn(canvas)
+
+
+def peaked(canvas: torch.Tensor, scale: float = 30.0) -> torch.Tensor:
+    """Position p predicts token 3 + p % 5 for p < 6, then EOS; almost surely."""
+    n, length = canvas.shape
+    target = torch.tensor([3 + p % 5 if p < 6 else EOS for p in range(length)])
+    return torch.nn.functional.one_hot(target, V).float().expand(n, -1, -1) * scale
+
+
+def test_presets_are_the_papers():
+    assert (PRESETS["fast"].k, PRESETS["fast"].steps, PRESETS["fast"].schedule) == (5, 3, (1.0, 0.9, 0.8))
+    assert (PRESETS["balanced"].k, PRESETS["balanced"].schedule) == (10, (1.0, 0.9, 0.85, 0.8))
+    assert (PRESETS["accurate"].k, PRESETS["accurate"].steps) == (15, 4)
+    with pytest.raises(ConfigError):
+        DecodingOptions(k=3, steps=2, schedule=(1.0, 0.9, 0.8))
+    with pytest.raises(ConfigError):
+        DecodingOptions(k=3, steps=2, schedule=(0.5, 0.9))
+    with pytest.raises(ConfigError):
+        DecodingOptions.from_preset("turbo")
+
+
+@pytest.mark.parametrize("rule", ["low_confidence", "random"])
+def test_step_count_and_remask_fractions(rule):
+    dec = Recorder(peaked)
+    opts = DecodingOptions(k=4, steps=3, schedule=(1.0, 0.9, 0.5), remask=rule)
+    out = pdd(dec, n_windows=3, canvas_len=20, mask_id=MASK, eos_id=EOS, options=opts, device=CPU)
+    assert out.n_forward == 3 and len(dec.calls) == 3
+    assert [c.shape for c in dec.calls] == [(12, 20)] * 3  # windows x candidates in one batch
+    masked_per_row = [(c == MASK).sum(1) for c in dec.calls]
+    assert (masked_per_row[0] == 20).all() and (masked_per_row[1] == 18).all() and (masked_per_row[2] == 10).all()
+    assert not (out.candidates == MASK).any()
+
+
+def test_candidates_are_window_major_batches():
+    def per_window(canvas):  # every candidate of window w predicts token 3 + w everywhere
+        n, length = canvas.shape
+        w = torch.arange(n) // 5
+        return torch.nn.functional.one_hot(3 + w, V).float()[:, None, :].expand(n, length, V) * 40
+
+    out = pdd(Recorder(per_window), 2, 8, MASK, EOS, DecodingOptions(k=5, steps=2, schedule=(1.0, 0.5)), CPU)
+    assert out.candidates.shape == (2, 5, 8)
+    assert (out.candidates[0] == 3).all() and (out.candidates[1] == 4).all()
+
+
+def test_selects_the_most_confident_candidate():
+    k = 4
+    scales = torch.tensor([1.0, 4.0, 2.0, 3.0])  # candidate 1 is the most confident
+
+    def graded(canvas):
+        n, length = canvas.shape
+        return peaked(canvas, 1.0) * scales.repeat(n // k)[:, None, None]
+
+    out = pdd(graded, 2, 10, MASK, EOS, DecodingOptions(k=k, steps=1, schedule=(1.0,), temperature=1e-6), CPU)
+    assert out.candidate_confidence.argmax(-1).tolist() == [1, 1]
+    assert torch.equal(out.tokens, out.candidates[:, 1])
+    expected = torch.softmax(torch.tensor([4.0] + [0.0] * (V - 1)), 0)[0]
+    assert torch.allclose(out.confidence, expected.expand(2))
+
+
+def test_eos_and_padding_never_leak_into_text():
+    canvas = torch.tensor([[5, 6, EOS, 7, 8, EOS], [EOS, 9, 9, 9, 9, 9], [5, 5, 5, 5, 5, 5]])
+    assert canvas_to_ids(canvas[0], EOS) == [5, 6]
+    assert canvas_to_ids(canvas[1], EOS) == []
+    assert canvas_to_ids(canvas[2], EOS, vocab_limit=5) == []
+    assert content_mask(canvas, EOS)[0].tolist() == [True, True, True, False, False, False]
+    conf = torch.tensor([[0.5, 0.7, 0.9, 0.0, 0.0, 0.0]] * 3)
+    assert torch.allclose(mean_confidence(canvas, conf, EOS)[0], torch.tensor(0.7))
+
+
+def test_pdd_on_tiny_model_is_deterministic(tiny_model):
+    rng = np.random.default_rng(0)
+    windows = [rng.standard_normal(16000 * s).astype(np.float32) * 0.1 for s in (3, 7)]
+    opts = tiny_model.options("fast", seed=123)
+    a = tiny_model.decode_windows(windows, opts)
+    b = tiny_model.decode_windows(windows, opts)
+    c = tiny_model.decode_windows(windows, tiny_model.options("fast", seed=7))
+    assert [r.candidates for r in a] == [r.candidates for r in b]
+    assert [r.candidates for r in a] != [r.candidates for r in c]
+    assert all(len(r.candidates) == 5 for r in a)
+
+
+def test_candidate_zero_is_greedy_and_independent_of_batch(tiny_model):
+    rng = np.random.default_rng(1)
+    windows = [rng.standard_normal(16000 * 4).astype(np.float32) * 0.1 for _ in range(3)]
+    opts = DecodingOptions(k=3, steps=1, schedule=(1.0,), canvas_len=24)
+    batched = tiny_model.decode_windows(windows, opts)
+    for w, r in zip(windows, batched):
+        solo = tiny_model.decode_windows([w], DecodingOptions(k=1, steps=1, schedule=(1.0,), canvas_len=24))
+        assert r.candidates[0] == solo[0].text

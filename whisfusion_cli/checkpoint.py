@@ -1,0 +1,157 @@
+"""Checkpoint directories: config.json + *.safetensors + tokenizer.json, local or on the hub.
+
+A whisfusion directory's config.json has `"model_type": "whisfusion"` (see WhisfusionConfig);
+a plain Hugging Face `openai/whisper-*` directory (`"model_type": "whisper"`) is recognised too
+and loads as the autoregressive baseline. Weights may be one file or several shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import WhisfusionConfig, whisper_configs_from_hf
+from .errors import CheckpointError
+from .model import Whisfusion
+from .tokenizer import Tokenizer
+from .whisper import WhisperModel
+
+HUB_FILES = ["config.json", "*.safetensors", "tokenizer.json", "MODEL_CARD.md", "README.md"]
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("--device cuda asked for, but no CUDA GPU is available")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """auto: bf16 on a GPU that supports it, else fp16 on GPU, fp32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}; choose auto, bf16, fp16 or fp32")
+    return DTYPES[dtype]
+
+
+def resolve_model_dir(path_or_repo: str | Path) -> Path:
+    """A local directory as is; otherwise a hub repo id fetched into (or found in) the HF cache.
+
+    huggingface_hub honours HF_HUB_OFFLINE, HF_HOME and HF_HUB_CACHE.
+    """
+    path = Path(path_or_repo).expanduser()
+    if path.is_dir():
+        return path
+    name = str(path_or_repo)
+    if path.exists() or name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise CheckpointError(f"{name}: no such model directory")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{name}: not a local directory and not fetchable from the hub ({reason})") from None
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{model_dir}: unreadable config.json ({e})") from None
+
+
+def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of all *.safetensors files in the directory (one file or shards)."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{model_dir}: no *.safetensors weights")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def load_whisper(model_dir: Path, device: torch.device, dtype: torch.dtype) -> tuple[WhisperModel, Tokenizer]:
+    """A Hugging Face `openai/whisper-*` directory -> (WhisperModel, Tokenizer)."""
+    enc, dec = whisper_configs_from_hf(read_config(model_dir))
+    model = WhisperModel(enc, dec)
+    state = {k.removeprefix("model."): v for k, v in load_weights(model_dir).items() if k != "proj_out.weight"}
+    model.load_state_dict(state, strict=True)
+    tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json", "whisper")
+    return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+
+def load_whisper_encoder_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The encoder's tensors of a Whisper checkpoint, with our (encoder-relative) names."""
+    prefix = "model.encoder."
+    return {k[len(prefix):]: v for k, v in load_weights(model_dir).items() if k.startswith(prefix)}
+
+
+def load_whisfusion(model_dir: Path, device: torch.device,
+                    dtype: torch.dtype) -> tuple[Whisfusion, WhisfusionConfig, Tokenizer]:
+    cfg = WhisfusionConfig.from_dict(read_config(model_dir))
+    with torch.device("meta"):
+        model = Whisfusion(cfg.encoder, cfg.decoder)
+    model.load_state_dict(load_weights(model_dir), strict=True, assign=True)
+    model.decoder.init_rope()
+    tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json", cfg.tokenizer_kind)
+    return model.to(device=device, dtype=dtype).eval(), cfg, tokenizer
+
+
+def _shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t.detach().contiguous().cpu()
+        size += nbytes
+    return shards
+
+
+def save_whisfusion(model: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokenizer, out_dir: str | Path,
+                    dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> Path:
+    """Writes the checkpoint directory atomically (a temp dir renamed into place).
+
+    Args:
+        dtype: store the weights in this dtype (e.g. fp16 to ship); default as they are.
+        max_shard_bytes: split the weights into `model-00001-of-0000N.safetensors` shards.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+             for k, v in model.state_dict().items()}
+    shards = _shards(state, max_shard_bytes)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for i, shard in enumerate(shards):
+            name = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(tmp / name), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        tokenizer.save(tmp / "tokenizer.json")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,217 @@
+"""Model configurations and decoding presets as frozen dataclasses with named tables.
+
+Torch-free on purpose: the CLI imports this module at start-up (and on every TAB).
+Pattern from openai-whisper's ModelDimensions and litgpt's Config.from_name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Builds a dataclass from a dict, ignoring unknown keys (forward-compatible checkpoints)."""
+    names = {f.name for f in fields(cls)}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Whisper audio encoder dimensions (Hugging Face `openai/whisper-*` config names in comments)."""
+
+    n_mels: int = 80  # num_mel_bins
+    n_audio_ctx: int = 1500  # max_source_positions
+    n_audio_state: int = 384  # d_model
+    n_audio_head: int = 6  # encoder_attention_heads
+    n_audio_layer: int = 4  # encoder_layers
+    n_audio_mlp: int = 1536  # encoder_ffn_dim
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> EncoderConfig:
+        if name not in ENCODER_CONFIGS:
+            raise ConfigError(f"unknown encoder config {name!r}; choose from {', '.join(ENCODER_CONFIGS)}")
+        return replace(ENCODER_CONFIGS[name], **overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        return _from_dict(cls, data)
+
+
+def _enc(n_mels: int, d: int, heads: int, layers: int) -> EncoderConfig:
+    return EncoderConfig(n_mels, 1500, d, heads, layers, 4 * d)
+
+
+ENCODER_CONFIGS: dict[str, EncoderConfig] = {
+    "test-tiny": EncoderConfig(80, 1500, 64, 2, 2, 128),  # for unit tests only
+    "whisper-tiny": _enc(80, 384, 6, 4),  # openai/whisper-tiny(.en)
+    "whisper-base": _enc(80, 512, 8, 6),  # openai/whisper-base(.en)
+    "whisper-small": _enc(80, 768, 12, 12),  # openai/whisper-small(.en)
+    "whisper-medium": _enc(80, 1024, 16, 24),  # openai/whisper-medium(.en)
+    "whisper-large": _enc(80, 1280, 20, 32),  # openai/whisper-large(-v2)
+    "whisper-large-v3": _enc(128, 1280, 20, 32),  # openai/whisper-large-v3(-turbo encoder)
+}
+
+
+@dataclass(frozen=True)
+class WhisperTextConfig:
+    """Whisper's autoregressive text decoder (the AR baseline)."""
+
+    n_vocab: int = 51865  # vocab_size (51864 for English-only models)
+    n_text_ctx: int = 448  # max_target_positions
+    n_text_state: int = 512  # d_model
+    n_text_head: int = 8  # decoder_attention_heads
+    n_text_layer: int = 6  # decoder_layers
+    n_text_mlp: int = 2048  # decoder_ffn_dim
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.n_vocab >= 51865
+
+
+def whisper_configs_from_hf(hf: dict[str, Any]) -> tuple[EncoderConfig, WhisperTextConfig]:
+    """Maps a Hugging Face `openai/whisper-*` config.json onto our encoder and decoder configs."""
+    enc = EncoderConfig(hf["num_mel_bins"], hf["max_source_positions"], hf["d_model"],
+                        hf["encoder_attention_heads"], hf["encoder_layers"], hf["encoder_ffn_dim"])
+    dec = WhisperTextConfig(hf["vocab_size"], hf["max_target_positions"], hf["d_model"],
+                            hf["decoder_attention_heads"], hf["decoder_layers"], hf["decoder_ffn_dim"])
+    return enc, dec
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """SMDM / LLaMA-style masked-diffusion decoder with a cross-attention adapter in every block.
+
+    `vocab_size` counts real tokens; the [MASK] token is the extra id `vocab_size` (SMDM:
+    32000), present in the embedding table but never predicted by `lm_head`.
+    """
+
+    vocab_size: int = 32000
+    n_layer: int = 18
+    n_head: int = 12
+    n_query_groups: int = 12
+    n_embd: int = 768
+    intermediate_size: int = 3072
+    rope_base: int = 10000
+    norm_eps: float = 1e-5
+    max_seq_len: int = 256  # canvas length limit
+    n_audio_state: int = 512  # width of the encoder states the adapters read
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> DecoderConfig:
+        if name not in DECODER_CONFIGS:
+            raise ConfigError(f"unknown decoder config {name!r}; choose from {', '.join(DECODER_CONFIGS)}")
+        return replace(DECODER_CONFIGS[name], **overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DecoderConfig:
+        return _from_dict(cls, data)
+
+
+DECODER_CONFIGS: dict[str, DecoderConfig] = {
+    # SMDM Diff_LLaMA_170M, the paper's decoder (arXiv 2508.07048, Sec. 3)
+    "smdm-170m": DecoderConfig(),
+    # SMDM Diff_LLaMA_113M shape, for cheaper training runs
+    "smdm-113m": DecoderConfig(n_layer=12, n_head=12, n_query_groups=12, n_embd=768, intermediate_size=3072),
+    # a small decoder for our own quick training runs on a 4k tokenizer
+    "smdm-small": DecoderConfig(vocab_size=4096, n_layer=8, n_head=8, n_query_groups=8, n_embd=512,
+                                intermediate_size=2048),
+    # unit tests only
+    "test-tiny": DecoderConfig(vocab_size=320, n_layer=2, n_head=4, n_query_groups=2, n_embd=64,
+                               intermediate_size=128, max_seq_len=64, n_audio_state=64),
+}
+
+
+RemaskRule = Literal["low_confidence", "random"]
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """Parallel Diffusion Decoding (PDD) options: k candidates, N steps, re-mask schedule rho_t.
+
+    Step 1 predicts the fully masked canvas (rho_1 = 1.0) and samples k candidates; each later
+    step t re-masks a fraction rho_t of every candidate and re-predicts it; the candidate with
+    the highest mean token confidence wins.
+    """
+
+    k: int = 10
+    steps: int = 4
+    schedule: tuple[float, ...] = (1.0, 0.9, 0.85, 0.8)
+    remask: RemaskRule = "low_confidence"
+    temperature: float = 1.0  # sampling temperature of the first step (candidate 0 is always greedy)
+    canvas_len: int | None = None  # None: the model's max_seq_len
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError(f"k must be >= 1, got {self.k}")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if len(self.schedule) != self.steps:
+            raise ConfigError(f"schedule has {len(self.schedule)} values but steps={self.steps}")
+        if any(not 0.0 < r <= 1.0 for r in self.schedule) or self.schedule[0] != 1.0:
+            raise ConfigError(f"schedule must start at 1.0 and stay in (0, 1], got {list(self.schedule)}")
+        if self.remask not in ("low_confidence", "random"):
+            raise ConfigError(f"remask must be 'low_confidence' or 'random', got {self.remask!r}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> DecodingOptions:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, DecodingOptions] = {
+    # the paper's PDD presets (arXiv 2508.07048, Table 5)
+    "fast": DecodingOptions(k=5, steps=3, schedule=(1.0, 0.9, 0.8)),
+    "balanced": DecodingOptions(k=10, steps=4, schedule=(1.0, 0.9, 0.85, 0.8)),
+    "accurate": DecodingOptions(k=15, steps=4, schedule=(1.0, 0.9, 0.85, 0.8)),
+}
+DEFAULT_PRESET = "balanced"
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """Parses '1.0,0.9,0.8' into a schedule tuple; raises ConfigError with a one-line message."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"bad schedule {text!r}: expected comma-separated numbers like 1.0,0.9,0.8") from None
+    if not values:
+        raise ConfigError("empty schedule")
+    return values
+
+
+@dataclass(frozen=True)
+class WhisfusionConfig:
+    """Everything a checkpoint's config.json holds."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    eos_id: int = 2  # end-of-text, also the canvas padding target
+    tokenizer_kind: str = "bpe"
+    default_preset: str = DEFAULT_PRESET
+    model_type: str = "whisfusion"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WhisfusionConfig:
+        return cls(
+            encoder=EncoderConfig.from_dict(data["encoder"]),
+            decoder=DecoderConfig.from_dict(data["decoder"]),
+            eos_id=int(data["eos_id"]),
+            tokenizer_kind=data.get("tokenizer_kind", "bpe"),
+            default_preset=data.get("default_preset", DEFAULT_PRESET),
+        )

@@ -1,0 +1,74 @@
+"""Text tokenizers: a thin wrapper over Hugging Face `tokenizers` (tokenizer.json files).
+
+Two kinds: "whisper" (OpenAI's GPT-2-style BPE with <|...|> specials, for the AR baseline and
+Whisper-initialised decoders) and "bpe" (our byte-level BPE with Llama-style specials
+<unk>=0, <s>=1, </s>=2, trained on the training texts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from .errors import CheckpointError
+
+BPE_SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2: the Llama/SMDM convention
+
+
+class Tokenizer:
+    """Encodes text to ids and decodes ids to text, skipping special tokens."""
+
+    def __init__(self, hf: HFTokenizer, kind: str):
+        self.hf = hf
+        self.kind = kind
+
+    @classmethod
+    def from_file(cls, path: str | Path, kind: str) -> Tokenizer:
+        try:
+            return cls(HFTokenizer.from_file(str(path)), kind)
+        except Exception as e:  # tokenizers raises plain Exceptions on bad files
+            raise CheckpointError(f"{path}: cannot read tokenizer ({e})") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self.token_id("<|endoftext|>" if self.kind == "whisper" else "</s>")
+
+    def token_id(self, token: str) -> int:
+        idx = self.hf.token_to_id(token)
+        if idx is None:
+            raise CheckpointError(f"tokenizer has no token {token!r}")
+        return idx
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=True).strip()
+
+    def save(self, path: str | Path) -> None:
+        self.hf.save(str(path))
+
+    def whisper_prompt(self, multilingual: bool, language: str = "en") -> list[int]:
+        """<|startoftranscript|>(<|en|><|transcribe|>)<|notimestamps|> for Whisper decoders."""
+        names = ["<|startoftranscript|>"]
+        if multilingual:
+            names += [f"<|{language}|>", "<|transcribe|>"]
+        return [self.token_id(n) for n in names + ["<|notimestamps|>"]]
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:
+    """Trains a byte-level BPE tokenizer (cased, punctuation kept) with <unk>, <s>, </s> at ids 0-2."""
+    hf = HFTokenizer(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIALS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    hf.train_from_iterator(texts, trainer)
+    return Tokenizer(hf, "bpe")

@@ -1,0 +1,169 @@
+"""Audio in, text out: the two engines behind one interface, and `load_model`.
+
+`WhisfusionASR` runs the frozen encoder once per window, computes the adapters' keys/values
+once, and decodes all windows x k candidates with PDD in one batch. `WhisperASR` is the
+autoregressive Whisper baseline (greedy, KV cache) on the same front end, so every speed and
+accuracy figure compares like with like.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .audio import SAMPLE_RATE, log_mel_spectrogram
+from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
+                         resolve_model_dir)
+from .config import DecodingOptions, WhisfusionConfig
+from .decoding import canvas_to_ids, pdd
+from .errors import CheckpointError
+from .model import Whisfusion
+from .segment import SegmentOptions, split_windows
+from .tokenizer import Tokenizer
+from .transcript import Segment, Transcript
+from .whisper import WhisperModel
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """The decoded text of one ≤ 30 s window."""
+
+    text: str
+    confidence: float  # PDD: mean token probability; AR: exp(mean log-probability)
+    candidates: tuple[str, ...] = ()  # PDD: all k candidates (for oracle WER)
+    n_tokens: int = 0
+
+
+class ASRModel:
+    """What both engines share: the front end and long-audio transcription."""
+
+    engine = ""
+    name = ""
+    n_mels = 80
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def mel(self, windows: Sequence[np.ndarray]) -> Tensor:
+        """(B, n_mels, 3000) log-mel of B windows (each ≤ 30 s, zero-padded)."""
+        audio = torch.zeros(len(windows), 30 * SAMPLE_RATE)
+        for i, w in enumerate(windows):
+            audio[i, : len(w)] = torch.from_numpy(np.asarray(w[: 30 * SAMPLE_RATE], np.float32))
+        return log_mel_spectrogram(audio, self.n_mels, device=self.device).to(self.dtype)
+
+    def decode_windows(self, windows: Sequence[np.ndarray],
+                       options: DecodingOptions | None = None) -> list[WindowResult]:
+        raise NotImplementedError
+
+    def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions | None:
+        """The decoding options for a preset plus overrides (None for the AR baseline)."""
+        return None
+
+    def transcribe(self, audio: np.ndarray, preset: str | None = None, batch_size: int = 16,
+                   segment_options: SegmentOptions = SegmentOptions(), **overrides: Any) -> Transcript:
+        """Transcribes 16 kHz mono float32 audio of any length.
+
+        Args:
+            audio: (n_samples,) float32 at 16 kHz.
+            preset: PDD preset name ("fast", "balanced", "accurate"); the checkpoint's default if None.
+            batch_size: windows decoded together.
+            **overrides: DecodingOptions fields (k, steps, schedule, seed, ...).
+        """
+        t0 = time.perf_counter()
+        options = self.options(preset, **overrides)
+        windows = split_windows(audio, segment_options)
+        segments: list[Segment] = []
+        for i in range(0, len(windows), batch_size):
+            batch = windows[i: i + batch_size]
+            results = self.decode_windows([w.slice(audio) for w in batch], options)
+            for w, r in zip(batch, results):
+                segments.append(Segment(len(segments), w.start, w.end, r.text, r.confidence))
+        return Transcript(tuple(segments), len(audio) / SAMPLE_RATE, model=self.name,
+                          preset=preset if self.engine == "pdd" else None,
+                          timings={"total_s": time.perf_counter() - t0})
+
+
+class WhisfusionASR(ASRModel):
+    """Whisper encoder + diffusion decoder, decoded with PDD."""
+
+    engine = "pdd"
+
+    def __init__(self, net: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokenizer, name: str = ""):
+        self.net, self.cfg, self.tokenizer, self.name = net, cfg, tokenizer, name
+        param = next(net.parameters())
+        self.device, self.dtype, self.n_mels = param.device, param.dtype, cfg.encoder.n_mels
+
+    def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions:
+        return DecodingOptions.from_preset(preset or self.cfg.default_preset, **overrides)
+
+    @torch.inference_mode()
+    def decode_windows(self, windows: Sequence[np.ndarray],
+                       options: DecodingOptions | None = None) -> list[WindowResult]:
+        options = options or self.options()
+        if not windows:
+            return []
+        xa = self.net.encoder(self.mel(windows))  # (B, 1500, C_audio)
+        cross_kv = self.net.decoder.cross_kv(xa)  # once per window, shared by k candidates x N steps
+        canvas_len = min(options.canvas_len or self.cfg.decoder.max_seq_len, self.cfg.decoder.max_seq_len)
+        out = pdd(lambda canvas: self.net.decoder(canvas, cross_kv), len(windows), canvas_len,
+                  self.cfg.decoder.mask_id, self.cfg.eos_id, options, self.device)
+        return [self._result(out.tokens[i], float(out.confidence[i]), out.candidates[i])
+                for i in range(len(windows))]
+
+    def _result(self, tokens: Tensor, confidence: float, candidates: Tensor) -> WindowResult:
+        eos, limit = self.cfg.eos_id, self.tokenizer.vocab_size
+        ids = canvas_to_ids(tokens, eos, limit)
+        texts = tuple(self.tokenizer.decode(canvas_to_ids(c, eos, limit)) for c in candidates)
+        return WindowResult(self.tokenizer.decode(ids), confidence, texts, len(ids))
+
+
+class WhisperASR(ASRModel):
+    """The autoregressive Whisper baseline: greedy decoding with a KV cache."""
+
+    engine = "ar"
+
+    def __init__(self, net: WhisperModel, tokenizer: Tokenizer, name: str = "", language: str = "en"):
+        self.net, self.tokenizer, self.name = net, tokenizer, name
+        param = next(net.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.n_mels = net.encoder.config.n_mels
+        self.prompt = tokenizer.whisper_prompt(net.decoder.config.is_multilingual, language)
+        self.eot = tokenizer.eos_id
+
+    @torch.inference_mode()
+    def decode_windows(self, windows: Sequence[np.ndarray],
+                       options: DecodingOptions | None = None) -> list[WindowResult]:
+        if not windows:
+            return []
+        ids, mean_logprob = self.net.greedy(self.mel(windows), self.prompt, self.eot, self.eot)
+        return [WindowResult(self.tokenizer.decode(t), float(lp.exp()), (), len(t))
+                for t, lp in zip(ids, mean_logprob)]
+
+
+def load_model(path_or_repo: str | Path, device: str | torch.device = "auto",
+               dtype: str | torch.dtype = "auto") -> WhisfusionASR | WhisperASR:
+    """Loads a whisfusion checkpoint, or a plain Whisper checkpoint as the AR baseline.
+
+    Args:
+        path_or_repo: a local directory or a Hugging Face repo id.
+        device: "auto" (CUDA when available), "cuda", "cpu" or a torch.device.
+        dtype: "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp16", "fp32" or a torch.dtype.
+    """
+    model_dir = resolve_model_dir(path_or_repo)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    kind = read_config(model_dir).get("model_type")
+    if kind == "whisfusion":
+        net, cfg, tok = load_whisfusion(model_dir, dev, dt)
+        return WhisfusionASR(net, cfg, tok, str(path_or_repo))
+    if kind == "whisper":
+        net, tok = load_whisper(model_dir, dev, dt)
+        return WhisperASR(net, tok, str(path_or_repo))
+    raise CheckpointError(f"{model_dir}: unknown model_type {kind!r} (expected 'whisfusion' or 'whisper')")
+

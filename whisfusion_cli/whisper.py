@@ -1,0 +1,214 @@
+"""Whisper in plain torch: the frozen audio encoder and the autoregressive baseline decoder.
+
+Module and parameter names are Hugging Face's (`model.encoder.layers.{i}.self_attn.q_proj`, ...)
+so `openai/whisper-*` safetensors load without renaming. Architecture after openai-whisper
+`model.py` (Radford et al., 2022); greedy decoding with a pre-allocated KV cache after gpt-fast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import EncoderConfig, WhisperTextConfig
+
+KVCache = tuple[Tensor, Tensor]  # (B, H, T_max, Dh) each
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
+    """Whisper's fixed sinusoidal positions for the encoder, (length, channels)."""
+    log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-log_timescale_increment * torch.arange(channels // 2))
+    scaled_time = torch.arange(length)[:, None] * inv_timescales[None, :]
+    return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the weights' dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
+                            self.eps).type(x.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    """Whisper attention (k_proj has no bias); SDPA for the softmax(QK^T)V part."""
+
+    def __init__(self, n_state: int, n_head: int, n_kv_state: int | None = None):
+        super().__init__()
+        self.n_head = n_head
+        n_kv_state = n_kv_state or n_state
+        self.q_proj = nn.Linear(n_state, n_state)
+        self.k_proj = nn.Linear(n_kv_state, n_state, bias=False)
+        self.v_proj = nn.Linear(n_kv_state, n_state)
+        self.out_proj = nn.Linear(n_state, n_state)
+
+    def heads(self, x: Tensor) -> Tensor:
+        b, t, c = x.shape  # (B, T, C) -> (B, H, T, Dh)
+        return x.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+
+    def project_kv(self, xa: Tensor) -> KVCache:
+        """Keys and values of a source sequence, (B, H, T_src, Dh) each; computed once, reused."""
+        return self.heads(self.k_proj(xa)), self.heads(self.v_proj(xa))
+
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, is_causal: bool = False) -> Tensor:
+        q = self.heads(self.q_proj(x))  # (B, H, T, Dh)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        return self.out_proj(y.transpose(1, 2).flatten(2))  # (B, T, C)
+
+    def forward(self, x: Tensor, is_causal: bool = False) -> Tensor:
+        k, v = self.project_kv(x)
+        return self.attend(x, k, v, is_causal)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, n_state: int, n_head: int, n_mlp: int):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(n_state, n_head)
+        self.self_attn_layer_norm = LayerNorm(n_state)
+        self.fc1 = nn.Linear(n_state, n_mlp)
+        self.fc2 = nn.Linear(n_mlp, n_state)
+        self.final_layer_norm = LayerNorm(n_state)
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x))
+        return x + self.mlp(x)
+
+
+class WhisperEncoder(nn.Module):
+    """Log-mel (B, n_mels, 3000) -> audio states (B, 1500, n_audio_state)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.config = cfg
+        d = cfg.n_audio_state
+        self.conv1 = nn.Conv1d(cfg.n_mels, d, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2, padding=1)
+        self.embed_positions = nn.Embedding(cfg.n_audio_ctx, d)
+        with torch.no_grad():
+            self.embed_positions.weight.copy_(sinusoids(cfg.n_audio_ctx, d))
+        self.layers = nn.ModuleList(EncoderLayer(d, cfg.n_audio_head, cfg.n_audio_mlp)
+                                    for _ in range(cfg.n_audio_layer))
+        self.layer_norm = LayerNorm(d)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        x = F.gelu(self.conv1(mel.to(self.conv1.weight.dtype)))  # (B, C, 3000)
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, 1500, C)
+        x = x + self.embed_positions.weight[: x.shape[1]]
+        for layer in self.layers:
+            x = layer(x)
+        return self.layer_norm(x)
+
+
+class DecoderLayer(nn.Module):
+    """Whisper text-decoder block: self-attention, cross-attention to audio, MLP (all pre-norm)."""
+
+    def __init__(self, n_state: int, n_head: int, n_mlp: int):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(n_state, n_head)
+        self.self_attn_layer_norm = LayerNorm(n_state)
+        self.encoder_attn = MultiHeadAttention(n_state, n_head)
+        self.encoder_attn_layer_norm = LayerNorm(n_state)
+        self.fc1 = nn.Linear(n_state, n_mlp)
+        self.fc2 = nn.Linear(n_mlp, n_state)
+        self.final_layer_norm = LayerNorm(n_state)
+
+    def forward(self, x: Tensor, cross_kv: KVCache, cache: KVCache, offset: int) -> Tensor:
+        h = self.self_attn_layer_norm(x)
+        k_new, v_new = self.self_attn.project_kv(h)  # (B, H, T, Dh)
+        end = offset + x.shape[1]
+        cache[0][:, :, offset:end] = k_new
+        cache[1][:, :, offset:end] = v_new
+        x = x + self.self_attn.attend(h, cache[0][:, :, :end], cache[1][:, :, :end], is_causal=offset == 0)
+        x = x + self.encoder_attn.attend(self.encoder_attn_layer_norm(x), *cross_kv)
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class WhisperTextDecoder(nn.Module):
+    """Whisper's causal text decoder with learned positions and an output head tied to the embedding."""
+
+    def __init__(self, cfg: WhisperTextConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.n_vocab, cfg.n_text_state)
+        self.embed_positions = nn.Embedding(cfg.n_text_ctx, cfg.n_text_state)
+        self.layers = nn.ModuleList(DecoderLayer(cfg.n_text_state, cfg.n_text_head, cfg.n_text_mlp)
+                                    for _ in range(cfg.n_text_layer))
+        self.layer_norm = LayerNorm(cfg.n_text_state)
+
+    def cross_kv(self, xa: Tensor) -> list[KVCache]:
+        return [layer.encoder_attn.project_kv(xa) for layer in self.layers]
+
+    def new_cache(self, batch: int, length: int) -> list[KVCache]:
+        cfg, w = self.config, self.embed_tokens.weight
+        shape = (batch, cfg.n_text_head, length, cfg.n_text_state // cfg.n_text_head)
+        return [(w.new_zeros(shape), w.new_zeros(shape)) for _ in self.layers]
+
+    def forward(self, tokens: Tensor, cross_kv: list[KVCache], cache: list[KVCache], offset: int) -> Tensor:
+        """(B, T) token ids at positions offset.. -> (B, T, n_vocab) logits."""
+        x = self.embed_tokens(tokens) + self.embed_positions.weight[offset: offset + tokens.shape[1]]
+        for layer, ckv, kv in zip(self.layers, cross_kv, cache):
+            x = layer(x, ckv, kv, offset)
+        return self.layer_norm(x) @ self.embed_tokens.weight.T
+
+
+class WhisperModel(nn.Module):
+    """Encoder + AR decoder, parameter names as in Hugging Face's WhisperModel (`model.` prefix)."""
+
+    def __init__(self, enc: EncoderConfig, dec: WhisperTextConfig):
+        super().__init__()
+        self.encoder = WhisperEncoder(enc)
+        self.decoder = WhisperTextDecoder(dec)
+
+    @torch.inference_mode()
+    def greedy(self, mel: Tensor, prompt: list[int], eot: int, suppress_from: int,
+               max_new_tokens: int = 224) -> tuple[list[list[int]], Tensor]:
+        """Greedy decoding with a KV cache for a batch of windows.
+
+        Args:
+            mel: (B, n_mels, 3000) log-mel.
+            prompt: start tokens, e.g. <|startoftranscript|><|en|><|transcribe|><|notimestamps|>.
+            eot: end-of-text id. suppress_from: ids >= this (specials, timestamps) are never chosen,
+                except `eot` itself.
+            max_new_tokens: cap on generated tokens (Whisper's sample_len is 224).
+
+        Returns:
+            The generated ids per window (without prompt and eot) and their mean log-probability (B,).
+        """
+        xa = self.encoder(mel)
+        b, n_prompt = xa.shape[0], len(prompt)
+        cross_kv = self.decoder.cross_kv(xa)
+        max_new_tokens = min(max_new_tokens, self.decoder.config.n_text_ctx - n_prompt)
+        cache = self.decoder.new_cache(b, n_prompt + max_new_tokens)
+        tokens = torch.tensor([prompt] * b, device=xa.device)
+        suppress = torch.zeros(self.decoder.config.n_vocab, dtype=torch.bool, device=xa.device)
+        suppress[suppress_from:] = True
+        suppress[eot] = False
+        out = torch.full((b, max_new_tokens), eot, device=xa.device)
+        done = torch.zeros(b, dtype=torch.bool, device=xa.device)
+        sum_logprob = torch.zeros(b, device=xa.device)
+        offset = 0
+        for i in range(max_new_tokens):
+            logits = self.decoder(tokens, cross_kv, cache, offset)[:, -1].float()
+            logits = logits.masked_fill(suppress, -math.inf)
+            if i == 0:
+                logits[:, eot] = -math.inf  # Whisper's suppress_blank: never an empty first token
+            logprobs = logits.log_softmax(-1)
+            nxt = logits.argmax(-1).masked_fill(done, eot)
+            sum_logprob += torch.where(done, 0.0, logprobs.gather(1, nxt[:, None])[:, 0])
+            out[:, i] = nxt
+            done |= nxt == eot
+            offset += tokens.shape[1]
+            tokens = nxt[:, None]
+            if bool(done.all()):
+                break
+        lengths = (out != eot).sum(1).clamp(min=1)
+        ids = [row[row != eot].tolist() for row in out]
+        return ids, sum_logprob / lengths
