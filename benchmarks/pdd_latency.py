@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -80,8 +81,8 @@ def main() -> None:
         "benchmark": "pdd_latency", "weights": "random", "encoder": args.encoder, "decoder": args.decoder,
         "canvas_len": args.canvas, "dtype": str(dtype), "device": torch.cuda.get_device_name(device)
         if device.type == "cuda" else platform.processor() or "cpu", "torch": torch.__version__,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True).stdout.strip() or None,
+        "commit": os.environ.get("WHISFUSION_COMMIT") or subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or None,
     }
     record = {**meta, "results": {k: round(v, 3) for k, v in results.items()}}
     print(json.dumps(record, indent=2))

@@ -100,3 +100,16 @@ def test_smdm_170m_shape():
     n = sum(p.numel() for n_, p in dec.named_parameters() if not any(s in n_ for s in skip))
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.intermediate_size, cfg.mask_id) == (18, 768, 12, 3072, 32000)
     assert 165e6 < n < 175e6
+
+
+def test_key_mask_equals_trimming_the_audio_states():
+    dec = tiny_decoder()
+    for block in dec.transformer.h:
+        torch.nn.init.normal_(block.cross_attn.out.weight, std=0.05)
+    xa = torch.randn(2, 40, dec.config.n_audio_state)
+    tokens = torch.randint(0, dec.config.vocab_size, (4, 9))  # 2 windows x 2 candidates
+    with torch.no_grad():
+        masked = dec(tokens, dec.cross_kv(xa, torch.tensor([25, 40])))
+        first = dec(tokens[:2], dec.cross_kv(xa[:1, :25]))
+        second = dec(tokens[2:], dec.cross_kv(xa[1:]))
+    assert torch.allclose(masked[:2], first, atol=1e-5) and torch.allclose(masked[2:], second, atol=1e-5)

@@ -24,6 +24,17 @@ N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a window
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the encoder's conv stride 2: one state per 20 ms
+N_AUDIO_CTX = N_SAMPLES // N_SAMPLES_PER_TOKEN  # 1500 encoder states per 30 s window
+FRAME_MARGIN = 10  # encoder states (200 ms) kept past the audio's end
+
+
+def audio_frames(n_samples: int, margin: int = FRAME_MARGIN) -> int:
+    """Encoder states that cover `n_samples` of audio plus a margin: what the adapters attend to.
+
+    Training (the feature cache) and decoding both trim the encoder output to this, so the
+    decoder never sees the states of the zero padding that fills a window to 30 s.
+    """
+    return min(N_AUDIO_CTX, -(-n_samples // N_SAMPLES_PER_TOKEN) + margin)
 
 
 def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:

@@ -150,7 +150,7 @@ class DecodingOptions:
     schedule: tuple[float, ...] = (1.0, 0.9, 0.85, 0.8)
     remask: RemaskRule = "low_confidence"
     temperature: float = 1.0  # sampling temperature of the first step (candidate 0 is always greedy)
-    canvas_len: int | None = None  # None: the model's max_seq_len
+    canvas_len: int | None = None  # None: adaptive, from the window's duration (decoding.canvas_length)
     seed: int | None = 0
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ whatever the transcript length. Functions are small and sync-free so the loop ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,18 @@ from .config import DecodingOptions
 from .diffusion import select_remask
 
 DecoderFn = Callable[[Tensor], Tensor]  # canvas (B*k, L) -> logits (B*k, L, V)
+TOKENS_PER_SECOND = 8  # canvas positions per second of audio: well above fast speech (~5 tokens/s)
+MIN_CANVAS = 16
+
+
+def canvas_length(duration_s: float, max_len: int) -> int:
+    """The canvas for a window of `duration_s` seconds: text + end-of-text padding.
+
+    Bounded by the audio's duration instead of a fixed 256 (adaptive length): fewer positions to
+    compute and a re-mask fraction rho_t that applies to the text rather than to padding.
+    Training pads each batch to the same length, so both see the same canvases.
+    """
+    return max(1, min(max_len, max(MIN_CANVAS, math.ceil(duration_s * TOKENS_PER_SECOND) + 8)))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .config import DecoderConfig, EncoderConfig
 from .whisper import WhisperEncoder
 
-KV = tuple[Tensor, Tensor]  # (B, H, S, Dh) each
+KV = tuple[Tensor, Tensor, Tensor | None]  # keys, values (B, H, S, Dh) and a key mask (B, 1, 1, S)
 
 
 class RMSNorm(nn.Module):
@@ -87,11 +87,12 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(n_embd, n_embd, bias=False)
         nn.init.zeros_(self.out.weight)
 
-    def project_kv(self, xa: Tensor) -> KV:
+    def project_kv(self, xa: Tensor, key_mask: Tensor | None = None) -> KV:
+        """Keys/values of the audio states xa (B, S, C_audio); key_mask (B, 1, 1, S) marks real frames."""
         b, s, _ = xa.shape
         k = self.key(xa).view(b, s, self.n_head, -1).transpose(1, 2)  # (B, H, S, Dh)
         v = self.value(xa).view(b, s, self.n_head, -1).transpose(1, 2)
-        return k, v
+        return k, v, key_mask
 
     def forward(self, x: Tensor, kv: KV) -> Tensor:
         """x (B*k, T, C) for B audio windows with k candidates each; kv from `project_kv`, batch B.
@@ -102,7 +103,8 @@ class CrossAttention(nn.Module):
         n, t, c = x.shape
         b = kv[0].shape[0]
         q = self.query(x).reshape(b, (n // b) * t, self.n_head, c // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, *kv)  # (B, H, k*T, Dh)
+        k, v, key_mask = kv
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, k*T, Dh)
         return self.out(y.transpose(1, 2).reshape(n, t, c))
 
 
@@ -176,9 +178,18 @@ class DiffusionDecoder(nn.Module):
         for block in self.transformer.h:
             nn.init.zeros_(block.cross_attn.out.weight)
 
-    def cross_kv(self, xa: Tensor) -> list[KV]:
-        """Adapter keys/values for every block, computed once per audio window: (B, H, S, Dh) each."""
-        return [block.cross_attn.project_kv(xa) for block in self.transformer.h]
+    def cross_kv(self, xa: Tensor, n_frames: Tensor | None = None) -> list[KV]:
+        """Adapter keys/values for every block, computed once per audio window: (B, H, S, Dh) each.
+
+        Args:
+            xa: (B, S, C_audio) encoder states, possibly trimmed to the longest window's frames.
+            n_frames: (B,) frames of each window that hold audio (see `audio.audio_frames`); states
+                past it are masked out. None: attend to all S states.
+        """
+        key_mask = None
+        if n_frames is not None:
+            key_mask = (torch.arange(xa.shape[1], device=xa.device) < n_frames[:, None])[:, None, None, :]
+        return [block.cross_attn.project_kv(xa, key_mask) for block in self.transformer.h]
 
     def forward(self, tokens: Tensor, cross_kv: list[KV]) -> Tensor:
         t = tokens.shape[1]

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import SAMPLE_RATE, log_mel_spectrogram
+from .audio import SAMPLE_RATE, audio_frames, log_mel_spectrogram
 from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
                          resolve_model_dir)
 from .config import DecodingOptions, WhisfusionConfig
-from .decoding import canvas_to_ids, pdd
+from .decoding import canvas_length, canvas_to_ids, pdd
 from .errors import CheckpointError
 from .model import Whisfusion
 from .segment import SegmentOptions, split_windows
@@ -41,14 +41,41 @@ class WindowResult:
     n_tokens: int = 0
 
 
+class Stopwatch:
+    """Accumulates wall seconds per stage, synchronising the GPU so the figures are honest."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._sync()
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.totals[stage] = self.totals.get(stage, 0.0) + now - self._last
+        self._last = now
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
 class ASRModel:
-    """What both engines share: the front end and long-audio transcription."""
+    """What both engines share: the front end and long-audio transcription.
+
+    `stopwatch.totals` accumulates seconds spent in "mel", "encode" and "decode" across calls.
+    """
 
     engine = ""
     name = ""
     n_mels = 80
     device = torch.device("cpu")
     dtype = torch.float32
+    stopwatch = Stopwatch(torch.device("cpu"))
 
     def mel(self, windows: Sequence[np.ndarray]) -> Tensor:
         """(B, n_mels, 3000) log-mel of B windows (each ≤ 30 s, zero-padded)."""
@@ -98,6 +125,7 @@ class WhisfusionASR(ASRModel):
         self.net, self.cfg, self.tokenizer, self.name = net, cfg, tokenizer, name
         param = next(net.parameters())
         self.device, self.dtype, self.n_mels = param.device, param.dtype, cfg.encoder.n_mels
+        self.stopwatch = Stopwatch(self.device)
 
     def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions:
         return DecodingOptions.from_preset(preset or self.cfg.default_preset, **overrides)
@@ -108,11 +136,20 @@ class WhisfusionASR(ASRModel):
         options = options or self.options()
         if not windows:
             return []
-        xa = self.net.encoder(self.mel(windows))  # (B, 1500, C_audio)
-        cross_kv = self.net.decoder.cross_kv(xa)  # once per window, shared by k candidates x N steps
-        canvas_len = min(options.canvas_len or self.cfg.decoder.max_seq_len, self.cfg.decoder.max_seq_len)
+        watch = self.stopwatch
+        watch.start()
+        mel = self.mel(windows)
+        watch.lap("mel")
+        n_frames = torch.tensor([audio_frames(len(w)) for w in windows], device=self.device)
+        xa = self.net.encoder(mel)[:, : int(n_frames.max())]  # (B, S, C_audio): speech frames + margin
+        watch.lap("encode")
+        cross_kv = self.net.decoder.cross_kv(xa, n_frames)  # once per window, for k candidates x N steps
+        max_len = self.cfg.decoder.max_seq_len
+        longest = max(len(w) for w in windows) / SAMPLE_RATE
+        canvas_len = min(options.canvas_len or canvas_length(longest, max_len), max_len)
         out = pdd(lambda canvas: self.net.decoder(canvas, cross_kv), len(windows), canvas_len,
                   self.cfg.decoder.mask_id, self.cfg.eos_id, options, self.device)
+        watch.lap("decode")
         return [self._result(out.tokens[i], float(out.confidence[i]), out.candidates[i])
                 for i in range(len(windows))]
 
@@ -133,6 +170,7 @@ class WhisperASR(ASRModel):
         param = next(net.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.n_mels = net.encoder.config.n_mels
+        self.stopwatch = Stopwatch(self.device)
         self.prompt = tokenizer.whisper_prompt(net.decoder.config.is_multilingual, language)
         self.eot = tokenizer.eos_id
 
@@ -141,7 +179,14 @@ class WhisperASR(ASRModel):
                        options: DecodingOptions | None = None) -> list[WindowResult]:
         if not windows:
             return []
-        ids, mean_logprob = self.net.greedy(self.mel(windows), self.prompt, self.eot, self.eot)
+        watch = self.stopwatch
+        watch.start()
+        mel = self.mel(windows)
+        watch.lap("mel")
+        xa = self.net.encoder(mel)
+        watch.lap("encode")
+        ids, mean_logprob = self.net.greedy(xa, self.prompt, self.eot, self.eot)
+        watch.lap("decode")
         return [WindowResult(self.tokenizer.decode(t), float(lp.exp()), (), len(t))
                 for t, lp in zip(ids, mean_logprob)]
 

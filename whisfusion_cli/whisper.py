@@ -168,12 +168,12 @@ class WhisperModel(nn.Module):
         self.decoder = WhisperTextDecoder(dec)
 
     @torch.inference_mode()
-    def greedy(self, mel: Tensor, prompt: list[int], eot: int, suppress_from: int,
+    def greedy(self, xa: Tensor, prompt: list[int], eot: int, suppress_from: int,
                max_new_tokens: int = 224) -> tuple[list[list[int]], Tensor]:
         """Greedy decoding with a KV cache for a batch of windows.
 
         Args:
-            mel: (B, n_mels, 3000) log-mel.
+            xa: (B, 1500, C) encoder states.
             prompt: start tokens, e.g. <|startoftranscript|><|en|><|transcribe|><|notimestamps|>.
             eot: end-of-text id. suppress_from: ids >= this (specials, timestamps) are never chosen,
                 except `eot` itself.
@@ -182,7 +182,6 @@ class WhisperModel(nn.Module):
         Returns:
             The generated ids per window (without prompt and eot) and their mean log-probability (B,).
         """
-        xa = self.encoder(mel)
         b, n_prompt = xa.shape[0], len(prompt)
         cross_kv = self.decoder.cross_kv(xa)
         max_new_tokens = min(max_new_tokens, self.decoder.config.n_text_ctx - n_prompt)
