@@ -64,7 +64,7 @@ def tiny_model(tiny_tokenizer):
 
     from whisfusion_cli.config import DecoderConfig, EncoderConfig, WhisfusionConfig
     from whisfusion_cli.model import Whisfusion
-    from whisfusion_cli.transcribe import WhisfusionASR
+    from whisfusion_cli.asr import WhisfusionASR
 
     cfg = WhisfusionConfig(EncoderConfig.from_name("test-tiny"),
                            DecoderConfig.from_name("test-tiny", vocab_size=tiny_tokenizer.vocab_size),

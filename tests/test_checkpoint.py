@@ -7,7 +7,7 @@ import torch
 
 from whisfusion_cli.checkpoint import save_whisfusion
 from whisfusion_cli.errors import CheckpointError
-from whisfusion_cli.transcribe import WhisfusionASR, WhisperASR, load_model
+from whisfusion_cli.asr import WhisfusionASR, WhisperASR, load_model
 
 
 def windows():

@@ -8,7 +8,7 @@ import torch
 
 from whisfusion_cli.audio import load_audio, log_mel_spectrogram
 from whisfusion_cli.checkpoint import load_whisper
-from whisfusion_cli.transcribe import WhisperASR, load_model
+from whisfusion_cli.asr import WhisperASR, load_model
 
 MODELS = ["whisper-tiny.en", "whisper-base"]
 

@@ -13,7 +13,7 @@ __all__ = ["DecodingOptions", "PRESETS", "Transcript", "Segment", "load_audio", 
 
 _LAZY = {
     "DecodingOptions": "config", "PRESETS": "config", "Transcript": "transcript", "Segment": "transcript",
-    "load_audio": "audio", "load_model": "transcribe",
+    "load_audio": "audio", "load_model": "asr",
 }
 
 

@@ -38,7 +38,10 @@ def audio_frames(n_samples: int, margin: int = FRAME_MARGIN) -> int:
 
 
 def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decodes any media file ffmpeg reads into mono float32 samples at `sr` Hz.
+    """Decodes any media file ffmpeg reads (first audio stream) into mono float32 at `sr` Hz.
+
+    The PCM is read from ffmpeg's pipe in chunks and converted into one float32 buffer sized
+    from the container's duration, so a long file is not held in memory twice.
 
     Raises:
         AudioError: the file is missing, unreadable, or has no audio stream.
@@ -48,17 +51,34 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
+    stream = (ffmpeg.input(str(path), threads=0)
+              .output("-", format="s16le", acodec="pcm_s16le", ac=1, ar=sr, map="0:a:0", loglevel="error"))
     try:
-        out, _ = (
-            ffmpeg.input(str(path), threads=0)
-            .output("-", format="s16le", acodec="pcm_s16le", ac=1, ar=sr, map="0:a:0")
-            .run(cmd=["ffmpeg", "-nostdin"], capture_stdout=True, capture_stderr=True)
-        )
+        proc = stream.run_async(cmd=["ffmpeg", "-nostdin"], pipe_stdout=True, pipe_stderr=True)
     except FileNotFoundError:
         raise AudioError("ffmpeg is not installed (apt-get install ffmpeg / brew install ffmpeg)") from None
-    except ffmpeg.Error as e:
-        raise AudioError(f"{path}: {_ffmpeg_reason(e.stderr.decode(errors='replace'))}") from None
-    return np.frombuffer(out, np.int16).astype(np.float32) / 32768.0
+    buf = np.empty(int(_probe_duration(path) * sr) + sr, np.float32)
+    n = 0
+    while chunk := proc.stdout.read(1 << 20):
+        samples = np.frombuffer(chunk[: len(chunk) // 2 * 2], np.int16)
+        if n + len(samples) > len(buf):
+            buf = np.resize(buf, max(2 * len(buf), n + len(samples)))
+        buf[n: n + len(samples)] = samples * np.float32(1 / 32768)
+        n += len(samples)
+    stderr = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0:
+        raise AudioError(f"{path}: {_ffmpeg_reason(stderr)}")
+    return buf[:n].copy() if n < len(buf) // 2 else buf[:n]
+
+
+def _probe_duration(path: Path) -> float:
+    """The container's duration in seconds (0 when unknown): a size hint for the sample buffer."""
+    import ffmpeg
+
+    try:
+        return float(ffmpeg.probe(str(path))["format"].get("duration", 0.0))
+    except (ffmpeg.Error, KeyError, ValueError, FileNotFoundError):
+        return 0.0
 
 
 def _ffmpeg_reason(stderr: str) -> str:

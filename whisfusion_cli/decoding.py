@@ -22,6 +22,7 @@ from .diffusion import select_remask
 DecoderFn = Callable[[Tensor], Tensor]  # canvas (B*k, L) -> logits (B*k, L, V)
 TOKENS_PER_SECOND = 8  # canvas positions per second of audio: well above fast speech (~5 tokens/s)
 MIN_CANVAS = 16
+CANVAS_MULTIPLE = 16  # canvas lengths are rounded up to this: few distinct shapes (CUDA graphs, kernels)
 
 
 def canvas_length(duration_s: float, max_len: int) -> int:
@@ -31,7 +32,8 @@ def canvas_length(duration_s: float, max_len: int) -> int:
     compute and a re-mask fraction rho_t that applies to the text rather than to padding.
     Training pads each batch to the same length, so both see the same canvases.
     """
-    return max(1, min(max_len, max(MIN_CANVAS, math.ceil(duration_s * TOKENS_PER_SECOND) + 8)))
+    wanted = math.ceil((duration_s * TOKENS_PER_SECOND + 8) / CANVAS_MULTIPLE) * CANVAS_MULTIPLE
+    return max(1, min(max_len, max(MIN_CANVAS, wanted)))
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def sample_candidates(logits: Tensor, k: int, temperature: float, generator: tor
     """Gumbel-max sampling of (B*k, L) ids from (B*k, L, V) logits; candidate 0 of each window is greedy."""
     gumbel = -torch.log(-torch.log(torch.rand(logits.shape, device=logits.device, generator=generator)
                                    .clamp_(1e-20, 1.0 - 1e-7)))
-    sampled = (logits / max(temperature, 1e-6) + gumbel).argmax(-1)
+    sampled = (logits.float() / max(temperature, 1e-6) + gumbel).argmax(-1)
     greedy = logits.argmax(-1)
     is_first = (torch.arange(logits.shape[0], device=logits.device) % k == 0)[:, None]
     return torch.where(is_first, greedy, sampled)
@@ -80,12 +82,14 @@ def mean_confidence(canvas: Tensor, confidence: Tensor, eos_id: int) -> Tensor:
 def predict(decoder: DecoderFn, canvas: Tensor, confidence: Tensor, mask_id: int, first: bool,
             k: int, options: DecodingOptions, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """One PDD step: fill every masked position, record each new token's probability."""
-    logits = decoder(canvas).float()  # (N, L, V)
+    logits = decoder(canvas)  # (N, L, V), the model's dtype
     if first:
         pred = sample_candidates(logits, k, options.temperature, generator)
     else:
         pred = logits.argmax(-1)
-    prob = logits.softmax(-1).gather(-1, pred[..., None])[..., 0]  # (N, L)
+    # p(pred) = exp(logit - logsumexp): no (N, L, V) fp32 softmax is materialised
+    chosen = logits.gather(-1, pred[..., None])[..., 0].float()
+    prob = torch.exp(chosen - torch.logsumexp(logits, -1).float())  # (N, L)
     masked = canvas == mask_id
     return torch.where(masked, pred, canvas), torch.where(masked, prob, confidence)
 

@@ -1,214 +1,219 @@
-"""Audio in, text out: the two engines behind one interface, and `load_model`.
+"""Files in, transcripts out: media discovery, windows, cross-file batches, atomic writes.
 
-`WhisfusionASR` runs the frozen encoder once per window, computes the adapters' keys/values
-once, and decodes all windows x k candidates with PDD in one batch. `WhisperASR` is the
-autoregressive Whisper baseline (greedy, KV cache) on the same front end, so every speed and
-accuracy figure compares like with like.
+A pipeline of named steps driven by one generator (`transcribe_files`) whose events feed the
+CLI's progress bar: audio of the next files is decoded by ffmpeg in background threads while
+the GPU works, windows (≤ 30 s, cut at pauses) from one or many files fill each batch, and a
+file's outputs are written (atomically) as soon as its last window is decoded.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from .audio import SAMPLE_RATE, audio_frames, log_mel_spectrogram
-from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
-                         resolve_model_dir)
-from .config import DecodingOptions, WhisfusionConfig
-from .decoding import canvas_length, canvas_to_ids, pdd
-from .errors import CheckpointError
-from .model import Whisfusion
-from .segment import SegmentOptions, split_windows
-from .tokenizer import Tokenizer
-from .transcript import Segment, Transcript
-from .whisper import WhisperModel
+from .asr import ASRModel, WhisfusionASR, WhisperASR, WindowResult, load_model
+from .audio import SAMPLE_RATE, load_audio
+from .config import DecodingOptions
+from .errors import AudioError, WhisfusionError
+from .segment import SegmentOptions, Window, split_windows
+from .transcript import Segment, Transcript, output_paths, write_transcript
+
+__all__ = ["ASRModel", "WhisfusionASR", "WhisperASR", "WindowResult", "load_model", "MEDIA_EXTENSIONS",
+           "Job", "TranscribeOptions", "collect_jobs", "transcribe_files", "decode_with_backoff"]
+log = logging.getLogger("whisfusion_cli")
+
+MEDIA_EXTENSIONS = frozenset({
+    ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".wma", ".aif", ".aiff", ".amr",
+    ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".avi", ".wmv", ".mpg", ".mpeg", ".ts", ".3gp",
+})
+PREFETCH_FILES = 2  # files decoded by ffmpeg ahead of the GPU
 
 
 @dataclass(frozen=True)
-class WindowResult:
-    """The decoded text of one ≤ 30 s window."""
+class Job:
+    """One input file and where its outputs go (`stem` + ".txt", ".srt", ...)."""
 
-    text: str
-    confidence: float  # PDD: mean token probability; AR: exp(mean log-probability)
-    candidates: tuple[str, ...] = ()  # PDD: all k candidates (for oracle WER)
-    n_tokens: int = 0
+    source: Path
+    stem: Path
 
 
-class Stopwatch:
-    """Accumulates wall seconds per stage, synchronising the GPU so the figures are honest."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.totals: dict[str, float] = {}
-        self._last = 0.0
-
-    def start(self) -> None:
-        self._sync()
-        self._last = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        self._sync()
-        now = time.perf_counter()
-        self.totals[stage] = self.totals.get(stage, 0.0) + now - self._last
-        self._last = now
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+@dataclass(frozen=True)
+class TranscribeOptions:
+    formats: tuple[str, ...] = ("txt",)
+    overwrite: bool = False
+    batch_size: int = 16  # windows per decoder batch (each x k candidates)
+    write: bool = True  # False: only yield transcripts (e.g. the CLI prints to stdout)
+    decoding: DecodingOptions | None = None  # None: the model's default preset
+    segment: SegmentOptions = field(default_factory=SegmentOptions)
 
 
-class ASRModel:
-    """What both engines share: the front end and long-audio transcription.
+@dataclass(frozen=True)
+class FileStarted:
+    job: Job
+    duration: float  # seconds of audio
 
-    `stopwatch.totals` accumulates seconds spent in "mel", "encode" and "decode" across calls.
+
+@dataclass(frozen=True)
+class WindowsDone:
+    job: Job
+    seconds: float  # audio seconds just transcribed
+
+
+@dataclass(frozen=True)
+class FileDone:
+    job: Job
+    transcript: Transcript | None  # None when skipped
+    paths: tuple[Path, ...] = ()
+    skipped: bool = False
+    warning: str | None = None
+    write_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FileFailed:
+    job: Job
+    error: str
+
+
+Event = FileStarted | WindowsDone | FileDone | FileFailed
+
+
+def collect_jobs(inputs: Sequence[str | Path], output_dir: str | Path | None = None) -> list[Job]:
+    """Files as given, folders searched recursively for media (sorted); outputs beside each input
+    or under `output_dir`, mirroring the tree below each input folder.
+
+    Raises:
+        AudioError: an input does not exist.
     """
-
-    engine = ""
-    name = ""
-    n_mels = 80
-    device = torch.device("cpu")
-    dtype = torch.float32
-    stopwatch = Stopwatch(torch.device("cpu"))
-
-    def mel(self, windows: Sequence[np.ndarray]) -> Tensor:
-        """(B, n_mels, 3000) log-mel of B windows (each ≤ 30 s, zero-padded)."""
-        audio = torch.zeros(len(windows), 30 * SAMPLE_RATE)
-        for i, w in enumerate(windows):
-            audio[i, : len(w)] = torch.from_numpy(np.asarray(w[: 30 * SAMPLE_RATE], np.float32))
-        return log_mel_spectrogram(audio, self.n_mels, device=self.device).to(self.dtype)
-
-    def decode_windows(self, windows: Sequence[np.ndarray],
-                       options: DecodingOptions | None = None) -> list[WindowResult]:
-        raise NotImplementedError
-
-    def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions | None:
-        """The decoding options for a preset plus overrides (None for the AR baseline)."""
-        return None
-
-    def transcribe(self, audio: np.ndarray, preset: str | None = None, batch_size: int = 16,
-                   segment_options: SegmentOptions = SegmentOptions(), **overrides: Any) -> Transcript:
-        """Transcribes 16 kHz mono float32 audio of any length.
-
-        Args:
-            audio: (n_samples,) float32 at 16 kHz.
-            preset: PDD preset name ("fast", "balanced", "accurate"); the checkpoint's default if None.
-            batch_size: windows decoded together.
-            **overrides: DecodingOptions fields (k, steps, schedule, seed, ...).
-        """
-        t0 = time.perf_counter()
-        options = self.options(preset, **overrides)
-        windows = split_windows(audio, segment_options)
-        segments: list[Segment] = []
-        for i in range(0, len(windows), batch_size):
-            batch = windows[i: i + batch_size]
-            results = self.decode_windows([w.slice(audio) for w in batch], options)
-            for w, r in zip(batch, results):
-                segments.append(Segment(len(segments), w.start, w.end, r.text, r.confidence))
-        return Transcript(tuple(segments), len(audio) / SAMPLE_RATE, model=self.name,
-                          preset=preset if self.engine == "pdd" else None,
-                          timings={"total_s": time.perf_counter() - t0})
+    jobs: list[Job] = []
+    out = Path(output_dir) if output_dir is not None else None
+    for raw in inputs:
+        src = Path(raw)
+        if src.is_dir():
+            files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in MEDIA_EXTENSIONS)
+            jobs += [Job(f, (out / f.relative_to(src) if out else f).with_suffix("")) for f in files]
+        elif src.is_file():
+            jobs.append(Job(src, (out / src.name if out else src).with_suffix("")))
+        else:
+            raise AudioError(f"{src}: no such file or folder")
+    seen: set[Path] = set()
+    return [j for j in jobs if not (j.source.resolve() in seen or seen.add(j.source.resolve()))]
 
 
-class WhisfusionASR(ASRModel):
-    """Whisper encoder + diffusion decoder, decoded with PDD."""
-
-    engine = "pdd"
-
-    def __init__(self, net: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokenizer, name: str = ""):
-        self.net, self.cfg, self.tokenizer, self.name = net, cfg, tokenizer, name
-        param = next(net.parameters())
-        self.device, self.dtype, self.n_mels = param.device, param.dtype, cfg.encoder.n_mels
-        self.stopwatch = Stopwatch(self.device)
-
-    def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions:
-        return DecodingOptions.from_preset(preset or self.cfg.default_preset, **overrides)
-
-    @torch.inference_mode()
-    def decode_windows(self, windows: Sequence[np.ndarray],
-                       options: DecodingOptions | None = None) -> list[WindowResult]:
-        options = options or self.options()
-        if not windows:
-            return []
-        watch = self.stopwatch
-        watch.start()
-        mel = self.mel(windows)
-        watch.lap("mel")
-        n_frames = torch.tensor([audio_frames(len(w)) for w in windows], device=self.device)
-        xa = self.net.encoder(mel)[:, : int(n_frames.max())]  # (B, S, C_audio): speech frames + margin
-        watch.lap("encode")
-        cross_kv = self.net.decoder.cross_kv(xa, n_frames)  # once per window, for k candidates x N steps
-        max_len = self.cfg.decoder.max_seq_len
-        longest = max(len(w) for w in windows) / SAMPLE_RATE
-        canvas_len = min(options.canvas_len or canvas_length(longest, max_len), max_len)
-        out = pdd(lambda canvas: self.net.decoder(canvas, cross_kv), len(windows), canvas_len,
-                  self.cfg.decoder.mask_id, self.cfg.eos_id, options, self.device)
-        watch.lap("decode")
-        return [self._result(out.tokens[i], float(out.confidence[i]), out.candidates[i])
-                for i in range(len(windows))]
-
-    def _result(self, tokens: Tensor, confidence: float, candidates: Tensor) -> WindowResult:
-        eos, limit = self.cfg.eos_id, self.tokenizer.vocab_size
-        ids = canvas_to_ids(tokens, eos, limit)
-        texts = tuple(self.tokenizer.decode(canvas_to_ids(c, eos, limit)) for c in candidates)
-        return WindowResult(self.tokenizer.decode(ids), confidence, texts, len(ids))
+def outputs_exist(job: Job, formats: Iterable[str]) -> bool:
+    return all(p.exists() for p in output_paths(job.stem, formats).values())
 
 
-class WhisperASR(ASRModel):
-    """The autoregressive Whisper baseline: greedy decoding with a KV cache."""
-
-    engine = "ar"
-
-    def __init__(self, net: WhisperModel, tokenizer: Tokenizer, name: str = "", language: str = "en"):
-        self.net, self.tokenizer, self.name = net, tokenizer, name
-        param = next(net.parameters())
-        self.device, self.dtype = param.device, param.dtype
-        self.n_mels = net.encoder.config.n_mels
-        self.stopwatch = Stopwatch(self.device)
-        self.prompt = tokenizer.whisper_prompt(net.decoder.config.is_multilingual, language)
-        self.eot = tokenizer.eos_id
-
-    @torch.inference_mode()
-    def decode_windows(self, windows: Sequence[np.ndarray],
-                       options: DecodingOptions | None = None) -> list[WindowResult]:
-        if not windows:
-            return []
-        watch = self.stopwatch
-        watch.start()
-        mel = self.mel(windows)
-        watch.lap("mel")
-        xa = self.net.encoder(mel)
-        watch.lap("encode")
-        ids, mean_logprob = self.net.greedy(xa, self.prompt, self.eot, self.eot)
-        watch.lap("decode")
-        return [WindowResult(self.tokenizer.decode(t), float(lp.exp()), (), len(t))
-                for t, lp in zip(ids, mean_logprob)]
+def decode_with_backoff(model: ASRModel, windows: list[np.ndarray],
+                        options: DecodingOptions | None) -> list[WindowResult]:
+    """Decodes a batch; on CUDA out-of-memory, halves it and retries (down to one window)."""
+    try:
+        return model.decode_windows(windows, options)
+    except torch.cuda.OutOfMemoryError:
+        if len(windows) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(windows) // 2
+        log.warning("CUDA out of memory at %d windows: retrying as %d + %d", len(windows), half,
+                    len(windows) - half)
+        return (decode_with_backoff(model, windows[:half], options)
+                + decode_with_backoff(model, windows[half:], options))
 
 
-def load_model(path_or_repo: str | Path, device: str | torch.device = "auto",
-               dtype: str | torch.dtype = "auto") -> WhisfusionASR | WhisperASR:
-    """Loads a whisfusion checkpoint, or a plain Whisper checkpoint as the AR baseline.
+@dataclass(eq=False)  # hashed by identity
+class _FileState:
+    job: Job
+    audio: np.ndarray
+    windows: list[Window]
+    results: dict[int, WindowResult] = field(default_factory=dict)
+    load_s: float = 0.0
 
-    Args:
-        path_or_repo: a local directory or a Hugging Face repo id.
-        device: "auto" (CUDA when available), "cuda", "cpu" or a torch.device.
-        dtype: "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp16", "fp32" or a torch.dtype.
+
+def _load(job: Job) -> tuple[np.ndarray, float]:
+    t0 = time.perf_counter()
+    return load_audio(job.source), time.perf_counter() - t0
+
+
+def _prefetch(jobs: list[Job]) -> Iterator[tuple[Job, Future]]:
+    """Yields (job, future of (audio, seconds)) with up to PREFETCH_FILES decodes running ahead."""
+    with ThreadPoolExecutor(max_workers=PREFETCH_FILES) as pool:
+        futures: list[tuple[Job, Future]] = []
+        for job in jobs:
+            futures.append((job, pool.submit(_load, job)))
+            if len(futures) > PREFETCH_FILES:
+                yield futures.pop(0)
+        yield from futures
+
+
+def _finish(state: _FileState, model: ASRModel, options: TranscribeOptions) -> FileDone | FileFailed:
+    segments = tuple(Segment(i, w.start, w.end, state.results[i].text, state.results[i].confidence)
+                     for i, w in enumerate(state.windows))
+    preset = None if options.decoding is None or model.engine != "pdd" else _preset_name(options.decoding)
+    transcript = Transcript(segments, len(state.audio) / SAMPLE_RATE, model=model.name, preset=preset,
+                            timings={"load_s": round(state.load_s, 4)})
+    warning = None if state.windows else "no speech found (silent or empty audio): wrote empty outputs"
+    if not options.write:
+        return FileDone(state.job, transcript, (), warning=warning)
+    t0 = time.perf_counter()
+    try:
+        paths = write_transcript(transcript, state.job.stem, options.formats)
+    except OSError as e:
+        return FileFailed(state.job, f"cannot write outputs: {e.strerror or e}")
+    return FileDone(state.job, transcript, tuple(paths), warning=warning, write_s=time.perf_counter() - t0)
+
+
+def _preset_name(options: DecodingOptions) -> str:
+    from .config import PRESETS
+
+    return next((name for name, p in PRESETS.items() if p == options), f"k={options.k},steps={options.steps}")
+
+
+def _run_batch(queue: list[tuple[_FileState, int]], model: ASRModel,
+               options: TranscribeOptions) -> Iterator[Event]:
+    """Decodes the queued windows (in place: the queue is emptied) and finishes completed files."""
+    batch = list(queue)
+    queue.clear()
+    results = decode_with_backoff(model, [s.windows[i].slice(s.audio) for s, i in batch], options.decoding)
+    for (state, i), result in zip(batch, results):
+        state.results[i] = result
+        yield WindowsDone(state.job, state.windows[i].duration)
+    for state in dict.fromkeys(s for s, _ in batch):
+        if len(state.results) == len(state.windows):
+            yield _finish(state, model, options)
+
+
+def transcribe_files(model: ASRModel, jobs: list[Job], options: TranscribeOptions) -> Iterator[Event]:
+    """Transcribes every job; a failing file yields FileFailed and the rest continue.
+
+    Files whose outputs all exist are skipped unless `options.overwrite` (a rerun resumes).
     """
-    model_dir = resolve_model_dir(path_or_repo)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    kind = read_config(model_dir).get("model_type")
-    if kind == "whisfusion":
-        net, cfg, tok = load_whisfusion(model_dir, dev, dt)
-        return WhisfusionASR(net, cfg, tok, str(path_or_repo))
-    if kind == "whisper":
-        net, tok = load_whisper(model_dir, dev, dt)
-        return WhisperASR(net, tok, str(path_or_repo))
-    raise CheckpointError(f"{model_dir}: unknown model_type {kind!r} (expected 'whisfusion' or 'whisper')")
-
+    todo = [j for j in jobs if options.overwrite or not options.write or not outputs_exist(j, options.formats)]
+    for job in jobs:
+        if job not in todo:
+            yield FileDone(job, None, skipped=True)
+    queue: list[tuple[_FileState, int]] = []
+    for job, future in _prefetch(todo):
+        try:
+            audio, load_s = future.result()
+        except WhisfusionError as e:
+            yield FileFailed(job, str(e))
+            continue
+        state = _FileState(job, audio, split_windows(audio, options.segment), load_s=load_s)
+        yield FileStarted(job, len(audio) / SAMPLE_RATE)
+        if not state.windows:
+            yield _finish(state, model, options)
+        queue += [(state, i) for i in range(len(state.windows))]
+        while len(queue) >= options.batch_size:
+            rest = queue[options.batch_size:]
+            del queue[options.batch_size:]
+            yield from _run_batch(queue, model, options)
+            queue += rest
+    if queue:
+        yield from _run_batch(queue, model, options)

@@ -169,7 +169,7 @@ class WhisperModel(nn.Module):
 
     @torch.inference_mode()
     def greedy(self, xa: Tensor, prompt: list[int], eot: int, suppress_from: int,
-               max_new_tokens: int = 224) -> tuple[list[list[int]], Tensor]:
+               max_new_tokens: int = 224, min_new_tokens: int = 1) -> tuple[list[list[int]], Tensor]:
         """Greedy decoding with a KV cache for a batch of windows.
 
         Args:
@@ -178,6 +178,8 @@ class WhisperModel(nn.Module):
             eot: end-of-text id. suppress_from: ids >= this (specials, timestamps) are never chosen,
                 except `eot` itself.
             max_new_tokens: cap on generated tokens (Whisper's sample_len is 224).
+            min_new_tokens: end-of-text is suppressed before this many tokens (benchmarks force
+                a realistic length on random weights with min = max).
 
         Returns:
             The generated ids per window (without prompt and eot) and their mean log-probability (B,).
@@ -197,7 +199,7 @@ class WhisperModel(nn.Module):
         for i in range(max_new_tokens):
             logits = self.decoder(tokens, cross_kv, cache, offset)[:, -1].float()
             logits = logits.masked_fill(suppress, -math.inf)
-            if i == 0:
+            if i < min_new_tokens:
                 logits[:, eot] = -math.inf  # Whisper's suppress_blank: never an empty first token
             logprobs = logits.log_softmax(-1)
             nxt = logits.argmax(-1).masked_fill(done, eot)

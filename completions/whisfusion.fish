@@ -1,0 +1,1 @@
+complete --command whisfusion --no-files --arguments "(env _WHISFUSION_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) whisfusion)" --condition "env _WHISFUSION_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) whisfusion"

@@ -1,0 +1,235 @@
+"""The two engines behind one interface, and `load_model`.
+
+`WhisfusionASR` runs the frozen encoder once per window, computes the adapters' keys/values
+once, and decodes all windows x k candidates with PDD in one batch. `WhisperASR` is the
+autoregressive Whisper baseline (greedy, KV cache) on the same front end, so every speed and
+accuracy figure compares like with like.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_spectrogram
+from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
+                         resolve_model_dir)
+from .config import DecodingOptions, WhisfusionConfig
+from .decoding import canvas_length, canvas_to_ids, pdd
+from .errors import CheckpointError
+from .fastpath import GraphedDecoder
+from .model import Whisfusion
+from .segment import SegmentOptions, split_windows
+from .tokenizer import Tokenizer
+from .transcript import Segment, Transcript
+from .whisper import WhisperModel
+
+
+FRAME_BUCKET = 50  # encoder states kept per batch are rounded up to 1 s: few distinct shapes
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """The decoded text of one ≤ 30 s window."""
+
+    text: str
+    confidence: float  # PDD: mean token probability; AR: exp(mean log-probability)
+    candidates: tuple[str, ...] = ()  # PDD: all k candidates (for oracle WER)
+    n_tokens: int = 0
+
+
+class Stopwatch:
+    """Accumulates wall seconds per stage, synchronising the GPU so the figures are honest."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self._last = 0.0
+
+    def start(self) -> None:
+        self._sync()
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.totals[stage] = self.totals.get(stage, 0.0) + now - self._last
+        self._last = now
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class ASRModel:
+    """What both engines share: the front end and long-audio transcription.
+
+    `stopwatch.totals` accumulates seconds spent in "mel", "encode" and "decode" across calls.
+    """
+
+    engine = ""
+    name = ""
+    n_mels = 80
+    device = torch.device("cpu")
+    dtype = torch.float32
+    stopwatch = Stopwatch(torch.device("cpu"))
+
+    def mel(self, windows: Sequence[np.ndarray]) -> Tensor:
+        """(B, n_mels, 3000) log-mel of B windows (each ≤ 30 s, zero-padded)."""
+        audio = torch.zeros(len(windows), 30 * SAMPLE_RATE)
+        for i, w in enumerate(windows):
+            audio[i, : len(w)] = torch.from_numpy(np.asarray(w[: 30 * SAMPLE_RATE], np.float32))
+        return log_mel_spectrogram(audio, self.n_mels, device=self.device).to(self.dtype)
+
+    def decode_windows(self, windows: Sequence[np.ndarray],
+                       options: DecodingOptions | None = None) -> list[WindowResult]:
+        raise NotImplementedError
+
+    def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions | None:
+        """The decoding options for a preset plus overrides (None for the AR baseline)."""
+        return None
+
+    def transcribe(self, audio: np.ndarray, preset: str | None = None, batch_size: int = 16,
+                   segment_options: SegmentOptions = SegmentOptions(), **overrides: Any) -> Transcript:
+        """Transcribes 16 kHz mono float32 audio of any length.
+
+        Args:
+            audio: (n_samples,) float32 at 16 kHz.
+            preset: PDD preset name ("fast", "balanced", "accurate"); the checkpoint's default if None.
+            batch_size: windows decoded together.
+            **overrides: DecodingOptions fields (k, steps, schedule, seed, ...).
+        """
+        t0 = time.perf_counter()
+        options = self.options(preset, **overrides)
+        windows = split_windows(audio, segment_options)
+        segments: list[Segment] = []
+        for i in range(0, len(windows), batch_size):
+            batch = windows[i: i + batch_size]
+            results = self.decode_windows([w.slice(audio) for w in batch], options)
+            for w, r in zip(batch, results):
+                segments.append(Segment(len(segments), w.start, w.end, r.text, r.confidence))
+        return Transcript(tuple(segments), len(audio) / SAMPLE_RATE, model=self.name,
+                          preset=preset if self.engine == "pdd" else None,
+                          timings={"total_s": time.perf_counter() - t0})
+
+
+class WhisfusionASR(ASRModel):
+    """Whisper encoder + diffusion decoder, decoded with PDD."""
+
+    engine = "pdd"
+
+    def __init__(self, net: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokenizer, name: str = ""):
+        self.net, self.cfg, self.tokenizer, self.name = net, cfg, tokenizer, name
+        param = next(net.parameters())
+        self.device, self.dtype, self.n_mels = param.device, param.dtype, cfg.encoder.n_mels
+        self.stopwatch = Stopwatch(self.device)
+        self.graphs: GraphedDecoder | None = None
+        self.use_cuda_graphs(self.device.type == "cuda" and os.environ.get("WHISFUSION_CUDA_GRAPHS", "1") != "0")
+
+    def use_cuda_graphs(self, enabled: bool) -> None:
+        """Replays captured CUDA graphs of the decoder (CUDA only; WHISFUSION_CUDA_GRAPHS=0 disables)."""
+        self.graphs = GraphedDecoder(self.net.decoder) if enabled and self.device.type == "cuda" else None
+
+    def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions:
+        return DecodingOptions.from_preset(preset or self.cfg.default_preset, **overrides)
+
+    @torch.inference_mode()
+    def decode_windows(self, windows: Sequence[np.ndarray],
+                       options: DecodingOptions | None = None) -> list[WindowResult]:
+        options = options or self.options()
+        if not windows:
+            return []
+        watch = self.stopwatch
+        watch.start()
+        mel = self.mel(windows)
+        watch.lap("mel")
+        frames = [audio_frames(len(w)) for w in windows]
+        n_frames = torch.tensor(frames, device=self.device)
+        n_states = min(N_AUDIO_CTX, -(-max(frames) // FRAME_BUCKET) * FRAME_BUCKET)
+        xa = self.net.encoder(mel)[:, :n_states]  # (B, S, C_audio): speech frames + margin, bucketed
+        watch.lap("encode")
+        max_len = self.cfg.decoder.max_seq_len
+        longest = max(len(w) for w in windows) / SAMPLE_RATE
+        canvas_len = min(options.canvas_len or canvas_length(longest, max_len), max_len)
+        out = pdd(self._decoder_fn(xa, n_frames, len(windows) * options.k, canvas_len), len(windows),
+                  canvas_len, self.cfg.decoder.mask_id, self.cfg.eos_id, options, self.device)
+        watch.lap("decode")
+        return [self._result(out.tokens[i], float(out.confidence[i]), out.candidates[i])
+                for i in range(len(windows))]
+
+    def _decoder_fn(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int):  # -> DecoderFn
+        """canvas -> logits for this batch; adapter K/V computed once, here, for all k x N passes."""
+        if self.graphs is not None:
+            return self.graphs.prepare(xa, n_frames, n_rows, canvas_len)
+        cross_kv = self.net.decoder.cross_kv(xa, n_frames)
+        return lambda canvas: self.net.decoder(canvas, cross_kv)
+
+    def _result(self, tokens: Tensor, confidence: float, candidates: Tensor) -> WindowResult:
+        eos, limit = self.cfg.eos_id, self.tokenizer.vocab_size
+        ids = canvas_to_ids(tokens, eos, limit)
+        texts = tuple(self.tokenizer.decode(canvas_to_ids(c, eos, limit)) for c in candidates)
+        return WindowResult(self.tokenizer.decode(ids), confidence, texts, len(ids))
+
+
+class WhisperASR(ASRModel):
+    """The autoregressive Whisper baseline: greedy decoding with a KV cache."""
+
+    engine = "ar"
+
+    def __init__(self, net: WhisperModel, tokenizer: Tokenizer, name: str = "", language: str = "en"):
+        self.net, self.tokenizer, self.name = net, tokenizer, name
+        param = next(net.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.n_mels = net.encoder.config.n_mels
+        self.stopwatch = Stopwatch(self.device)
+        self.prompt = tokenizer.whisper_prompt(net.decoder.config.is_multilingual, language)
+        self.eot = tokenizer.eos_id
+        self.forced_tokens: int | None = None  # benchmarks: generate exactly this many tokens
+
+    @torch.inference_mode()
+    def decode_windows(self, windows: Sequence[np.ndarray],
+                       options: DecodingOptions | None = None) -> list[WindowResult]:
+        if not windows:
+            return []
+        watch = self.stopwatch
+        watch.start()
+        mel = self.mel(windows)
+        watch.lap("mel")
+        xa = self.net.encoder(mel)
+        watch.lap("encode")
+        n = self.forced_tokens
+        ids, mean_logprob = self.net.greedy(xa, self.prompt, self.eot, self.eot, *((n, n) if n else ()))
+        watch.lap("decode")
+        return [WindowResult(self.tokenizer.decode(t), float(lp.exp()), (), len(t))
+                for t, lp in zip(ids, mean_logprob)]
+
+
+def load_model(path_or_repo: str | Path, device: str | torch.device = "auto",
+               dtype: str | torch.dtype = "auto") -> WhisfusionASR | WhisperASR:
+    """Loads a whisfusion checkpoint, or a plain Whisper checkpoint as the AR baseline.
+
+    Args:
+        path_or_repo: a local directory or a Hugging Face repo id.
+        device: "auto" (CUDA when available), "cuda", "cpu" or a torch.device.
+        dtype: "auto" (bf16 on GPU, fp32 on CPU), "bf16", "fp16", "fp32" or a torch.dtype.
+    """
+    model_dir = resolve_model_dir(path_or_repo)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    kind = read_config(model_dir).get("model_type")
+    if kind == "whisfusion":
+        net, cfg, tok = load_whisfusion(model_dir, dev, dt)
+        return WhisfusionASR(net, cfg, tok, str(path_or_repo))
+    if kind == "whisper":
+        net, tok = load_whisper(model_dir, dev, dt)
+        return WhisperASR(net, tok, str(path_or_repo))
+    raise CheckpointError(f"{model_dir}: unknown model_type {kind!r} (expected 'whisfusion' or 'whisper')")
+

@@ -1,0 +1,228 @@
+"""The `whisfusion` command: thin typer commands over the library; the only module that prints.
+
+Start-up imports no torch (typer completion re-runs the program on every TAB): commands import
+the library inside their bodies. Progress and logs go to stderr so stdout can carry a transcript.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .config import DEFAULT_PRESET, PRESETS, DecodingOptions, parse_schedule
+from .errors import WhisfusionError
+from .transcript import parse_formats
+
+app = typer.Typer(name="whisfusion", rich_markup_mode="rich", no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_show_locals=False,
+                  help="Fast non-autoregressive speech transcription: a Whisper encoder + a masked-diffusion "
+                       "decoder, decoded in a fixed number of parallel steps (Whisfusion, arXiv 2508.07048).")
+err = Console(stderr=True)
+out = Console(soft_wrap=True, highlight=False)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Prints a one-line error (no traceback) and returns the Exit to raise."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def default_model() -> str | None:
+    """The model bundled with the package, if this install has one."""
+    bundled = Path(__file__).parent / "assets" / "default-model"
+    return str(bundled) if (bundled / "config.json").is_file() else None
+
+
+def decoding_options(preset: str | None, k: int | None, steps: int | None, schedule: str | None,
+                     seed: int | None) -> DecodingOptions | None:
+    """Preset + explicit overrides; raises WhisfusionError for a bad combination."""
+    overrides: dict[str, object] = {}
+    if k is not None:
+        overrides["k"] = k
+    if schedule is not None:
+        overrides["schedule"] = parse_schedule(schedule)
+        overrides["steps"] = len(overrides["schedule"])  # type: ignore[arg-type]
+    if steps is not None:
+        overrides["steps"] = steps
+    if seed is not None:
+        overrides["seed"] = seed
+    if preset is None and not overrides:
+        return None
+    return DecodingOptions.from_preset(preset or DEFAULT_PRESET, **overrides)
+
+
+def setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"whisfusion {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True,
+                                                     help="Show the version and exit.")] = None,
+) -> None:
+    """Transcribe speech with Whisfusion."""
+
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Model directory or Hugging Face repo id; a plain Whisper checkpoint runs the "
+                          "autoregressive baseline. Default: the bundled model.")]
+PresetOpt = Annotated[Optional[str], typer.Option(
+    "--preset", "-p", help=f"PDD preset: {', '.join(f'{n} (k={p.k}, N={p.steps})' for n, p in PRESETS.items())}. "
+                           "Default: the model's.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cuda or cpu.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
+
+
+@app.command()
+def transcribe(
+    inputs: Annotated[list[Path], typer.Argument(help="Media files and/or folders (searched recursively).",
+                                                 show_default=False)],
+    model: ModelOpt = None,
+    preset: PresetOpt = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Candidates per window (overrides the preset).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Decoder passes N (overrides the preset).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(
+        "--schedule", help="Re-mask fractions, one per step, e.g. 1.0,0.9,0.8.")] = None,
+    formats: Annotated[str, typer.Option("--format", "-f", help="txt, srt, vtt, json, tsv, comma-separated, "
+                                                                 "or all.")] = "txt",
+    output_dir: Annotated[Optional[Path], typer.Option(
+        "--output-dir", "-o", help="Write outputs here (mirroring input folders) instead of beside each input.")] = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows decoded together "
+                                                                        "(each x k candidates).")] = 16,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo files whose outputs exist.")] = False,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed (PDD).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Timing breakdown per stage.")] = False,
+) -> None:
+    """Transcribe media files or folders to txt/srt/vtt/json/tsv.
+
+    With one file, no -o and txt, the transcript goes to stdout. Files whose outputs exist are
+    skipped (rerun after a crash to resume). Exit code: 0 all ok, 1 some files failed, 2 usage error.
+    """
+    setup_logging(quiet, verbose)
+    try:
+        fmts = parse_formats(formats)
+        options = decoding_options(preset, k, steps, schedule, seed)
+        model = model or default_model()
+        if model is None:
+            raise fail("no bundled model in this install; pass --model DIR|REPO "
+                       "(a whisfusion checkpoint, or a Whisper one for the AR baseline)", 2)
+        from .transcribe import TranscribeOptions, collect_jobs
+
+        jobs = collect_jobs(inputs, output_dir)
+        check_output_dir(output_dir)
+    except WhisfusionError as e:
+        raise fail(str(e), 2) from None
+    if not jobs:
+        raise fail("no media files found in the given folders", 2)
+    to_stdout = len(jobs) == 1 and output_dir is None and fmts == ("txt",) and not inputs[0].is_dir()
+    topts = TranscribeOptions(fmts, overwrite or to_stdout, batch_size, not to_stdout, options)
+    from .transcribe import load_model
+
+    try:
+        asr = load_model(model, device, dtype)
+    except WhisfusionError as e:
+        raise fail(str(e), 2) from None
+    failures = run_jobs(asr, jobs, topts, quiet, verbose, to_stdout)
+    raise typer.Exit(1 if failures else 0)
+
+
+def check_output_dir(output_dir: Path | None) -> None:
+    if output_dir is None:
+        return
+    import os
+
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WhisfusionError(f"{output_dir}: cannot create output folder ({e.strerror})") from None
+    if not os.access(output_dir, os.W_OK):
+        raise WhisfusionError(f"{output_dir}: output folder is not writable")
+
+
+def run_jobs(asr: object, jobs: list, topts: object, quiet: bool, verbose: bool, to_stdout: bool) -> int:
+    """Drives transcribe_files with a progress bar; returns the number of failed files."""
+    from .transcribe import FileDone, FileFailed, FileStarted, WindowsDone, transcribe_files
+
+    t0 = time.perf_counter()
+    stats = {"files": 0, "skipped": 0, "audio_s": 0.0, "load_s": 0.0, "write_s": 0.0}
+    failed: list[tuple[Path, str]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, disable=quiet, transient=True) as progress:
+        overall = progress.add_task(f"{len(jobs)} file(s)", total=None)
+        current: dict[Path, int] = {}
+        for event in transcribe_files(asr, jobs, topts):  # type: ignore[arg-type]
+            if isinstance(event, FileStarted):
+                current[event.job.source] = progress.add_task(event.job.source.name[-40:], total=event.duration)
+                stats["audio_s"] += event.duration
+                progress.update(overall, total=stats["audio_s"])
+            elif isinstance(event, WindowsDone):
+                progress.advance(current[event.job.source], event.seconds)
+                progress.advance(overall, event.seconds)
+            elif isinstance(event, FileFailed):
+                failed.append((event.job.source, event.error))
+                err.print(f"[red]failed:[/] {event.error}", highlight=False)
+            elif isinstance(event, FileDone):
+                report_done(event, progress, current, stats, quiet, to_stdout)
+    if not quiet and (verbose or not to_stdout):
+        print_summary(stats, failed, time.perf_counter() - t0, asr, verbose)
+    return len(failed)
+
+
+def report_done(event: object, progress: Progress, current: dict, stats: dict, quiet: bool, to_stdout: bool) -> None:
+    if event.skipped:  # type: ignore[attr-defined]
+        stats["skipped"] += 1
+        return
+    stats["files"] += 1
+    task = current.pop(event.job.source, None)  # type: ignore[attr-defined]
+    if task is not None:
+        progress.remove_task(task)
+    stats["load_s"] += event.transcript.timings.get("load_s", 0.0)  # type: ignore[attr-defined]
+    stats["write_s"] += event.write_s  # type: ignore[attr-defined]
+    if event.warning:  # type: ignore[attr-defined]
+        err.print(f"[yellow]warning:[/] {event.job.source}: {event.warning}", highlight=False)  # type: ignore
+    if to_stdout:
+        out.print(event.transcript.text, markup=False)  # type: ignore[attr-defined]
+
+
+def print_summary(stats: dict, failed: list, wall: float, asr: object, verbose: bool) -> None:
+    table = Table(title="whisfusion transcribe", show_header=True, header_style="bold")
+    for col in ("files", "skipped", "failed", "audio (h)", "wall (s)", "RTFx"):
+        table.add_column(col, justify="right")
+    rtfx = stats["audio_s"] / wall if wall > 0 else 0.0
+    table.add_row(str(stats["files"]), str(stats["skipped"]), str(len(failed)),
+                  f"{stats['audio_s'] / 3600:.3f}", f"{wall:.2f}", f"{rtfx:.1f}")
+    err.print(table)
+    if verbose:
+        totals = dict(getattr(asr, "stopwatch").totals)
+        err.print("timing (s): " + ", ".join(
+            f"{k} {v:.3f}" for k, v in {"ffmpeg decode": stats["load_s"], "log-mel": totals.get("mel", 0.0),
+                                        "encoder": totals.get("encode", 0.0),
+                                        "decoder": totals.get("decode", 0.0),
+                                        "write": stats["write_s"]}.items()), highlight=False)
+    for path, message in failed:
+        err.print(f"[red]failed:[/] {path}: {message}" if str(path) not in message else f"[red]failed:[/] {message}",
+                  highlight=False)
+
+
+def main() -> None:
+    app(prog_name="whisfusion")

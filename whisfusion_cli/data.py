@@ -1,0 +1,96 @@
+"""Speech/text examples from JSONL manifests and LibriSpeech-layout folders.
+
+A manifest line is `{"audio": path, "text": ..., "duration": seconds}` (relative audio paths are
+resolved against the manifest's folder). A LibriSpeech root holds
+`<subset>/<speaker>/<chapter>/*.flac` with one `<speaker>-<chapter>.trans.txt` per chapter.
+Bad rows are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import WhisfusionError
+
+MAX_DURATION_S = 30.0  # one encoder window
+
+
+@dataclass(frozen=True)
+class Example:
+    """One utterance."""
+
+    audio: Path
+    text: str
+    duration: float | None = None  # seconds; None when the source does not say
+    subset: str = ""  # e.g. "test-clean", or the manifest's stem
+
+
+def _check(ex: Example, skipped: Counter) -> bool:
+    if not ex.text.strip():
+        skipped["empty_text"] += 1
+    elif not ex.audio.is_file():
+        skipped["missing_audio"] += 1
+    elif ex.duration is not None and not 0 < ex.duration <= MAX_DURATION_S:
+        skipped["bad_duration"] += 1
+    else:
+        return True
+    return False
+
+
+def read_manifest(path: str | Path) -> tuple[list[Example], Counter]:
+    """Examples of a JSONL manifest and the count of skipped rows by reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise WhisfusionError(f"{path}: no such manifest")
+    examples, skipped = [], Counter()
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            audio = Path(row["audio"])
+            duration = row.get("duration")
+            ex = Example(audio if audio.is_absolute() else path.parent / audio, str(row.get("text") or ""),
+                         None if duration is None else float(duration), path.stem)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            skipped["bad_row"] += 1
+            continue
+        if _check(ex, skipped):
+            examples.append(ex)
+    return examples, skipped
+
+
+def librispeech_subsets(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*/*/*.trans.txt")))
+
+
+def read_librispeech(root: str | Path, subsets: list[str] | None = None) -> tuple[list[Example], Counter]:
+    """Examples of a LibriSpeech-layout root (all subsets found, or the ones named)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise WhisfusionError(f"{root}: no such LibriSpeech folder")
+    names = subsets or librispeech_subsets(root)
+    examples, skipped = [], Counter()
+    for subset in names:
+        if not (root / subset).is_dir():
+            raise WhisfusionError(f"{root / subset}: no such subset (found: {', '.join(librispeech_subsets(root))})")
+        for trans in sorted((root / subset).glob("*/*/*.trans.txt")):
+            for line in trans.read_text().splitlines():
+                key, _, text = line.strip().partition(" ")
+                ex = Example(trans.parent / f"{key}.flac", text, None, subset)
+                if key and _check(ex, skipped):
+                    examples.append(ex)
+    return examples, skipped
+
+
+def read_sources(sources: list[str | Path]) -> tuple[list[Example], Counter]:
+    """Mixes any number of manifests (*.jsonl) and LibriSpeech roots (folders)."""
+    examples, skipped = [], Counter()
+    for src in sources:
+        exs, sk = read_manifest(src) if str(src).endswith((".jsonl", ".json")) else read_librispeech(src)
+        examples += exs
+        skipped += sk
+    return examples, skipped
