@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import WhisfusionConfig, whisper_configs_from_hf
+from .config import WhisfusionConfig, WhisperMDMConfig, whisper_configs_from_hf
 from .errors import CheckpointError
 from .model import Whisfusion
 from .tokenizer import Tokenizer
@@ -105,13 +105,29 @@ def load_whisper_encoder_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in load_weights(model_dir).items() if k.startswith(prefix)}
 
 
+def init_from_whisper(model_dir: Path, max_seq_len: int = 256) -> tuple[Whisfusion, WhisfusionConfig, Tokenizer]:
+    """A whisper-mdm Whisfusion built from a Whisper checkpoint: its encoder, and its decoder
+    turned into a masked-diffusion decoder (bidirectional, [MASK] row = mean embedding)."""
+    enc, text = whisper_configs_from_hf(read_config(model_dir))
+    tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json", "whisper")
+    dec = WhisperMDMConfig.from_whisper(text, tuple(tokenizer.whisper_prompt(text.is_multilingual)), max_seq_len)
+    cfg = WhisfusionConfig(enc, dec, eos_id=tokenizer.eos_id, tokenizer_kind="whisper")
+    model = Whisfusion(enc, dec)
+    state = {k.removeprefix("model."): v for k, v in load_weights(model_dir).items() if k != "proj_out.weight"}
+    mask_row = torch.zeros(1, text.n_text_state, dtype=state["decoder.embed_tokens.weight"].dtype)
+    state["decoder.embed_tokens.weight"] = torch.cat([state["decoder.embed_tokens.weight"], mask_row])
+    model.load_state_dict(state, strict=True)
+    model.decoder.init_mask_embedding()
+    return model.float(), cfg, tokenizer
+
+
 def load_whisfusion(model_dir: Path, device: torch.device,
                     dtype: torch.dtype) -> tuple[Whisfusion, WhisfusionConfig, Tokenizer]:
     cfg = WhisfusionConfig.from_dict(read_config(model_dir))
     with torch.device("meta"):
         model = Whisfusion(cfg.encoder, cfg.decoder)
     model.load_state_dict(load_weights(model_dir), strict=True, assign=True)
-    model.decoder.init_rope()
+    model.decoder.init_buffers()
     tokenizer = Tokenizer.from_file(model_dir / "tokenizer.json", cfg.tokenizer_kind)
     return model.to(device=device, dtype=dtype).eval(), cfg, tokenizer
 

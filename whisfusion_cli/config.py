@@ -99,6 +99,7 @@ class DecoderConfig:
     norm_eps: float = 1e-5
     max_seq_len: int = 256  # canvas length limit
     n_audio_state: int = 512  # width of the encoder states the adapters read
+    family: str = "smdm"
 
     @property
     def head_size(self) -> int:
@@ -131,6 +132,44 @@ DECODER_CONFIGS: dict[str, DecoderConfig] = {
     "test-tiny": DecoderConfig(vocab_size=320, n_layer=2, n_head=4, n_query_groups=2, n_embd=64,
                                intermediate_size=128, max_seq_len=64, n_audio_state=64),
 }
+
+
+@dataclass(frozen=True)
+class WhisperMDMConfig:
+    """A Whisper text decoder turned into a masked-diffusion decoder (family "whisper-mdm").
+
+    Whisper's blocks with bidirectional self-attention, its cross-attention as the adapter,
+    learned positions, the output head tied to the embedding, and a [MASK] row appended to the
+    embedding (id `n_vocab`, never predicted). `prefix` (e.g. <|startoftranscript|><|en|>
+    <|transcribe|><|notimestamps|>) sits unmasked before the canvas, as in Whisper's training.
+    """
+
+    n_vocab: int = 51865
+    n_text_ctx: int = 448
+    n_text_state: int = 512
+    n_text_head: int = 8
+    n_text_layer: int = 6
+    n_text_mlp: int = 2048
+    prefix: tuple[int, ...] = ()
+    max_seq_len: int = 256  # canvas length limit (<= n_text_ctx - len(prefix))
+    family: str = "whisper-mdm"
+
+    @property
+    def mask_id(self) -> int:
+        return self.n_vocab
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_vocab
+
+    @classmethod
+    def from_whisper(cls, text: WhisperTextConfig, prefix: tuple[int, ...], max_seq_len: int = 256) -> WhisperMDMConfig:
+        return cls(text.n_vocab, text.n_text_ctx, text.n_text_state, text.n_text_head, text.n_text_layer,
+                   text.n_text_mlp, prefix, min(max_seq_len, text.n_text_ctx - len(prefix)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WhisperMDMConfig:
+        return _from_dict(cls, data)
 
 
 RemaskRule = Literal["low_confidence", "random"]
@@ -197,7 +236,7 @@ class WhisfusionConfig:
     """Everything a checkpoint's config.json holds."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    decoder: DecoderConfig | WhisperMDMConfig = field(default_factory=DecoderConfig)
     eos_id: int = 2  # end-of-text, also the canvas padding target
     tokenizer_kind: str = "bpe"
     default_preset: str = DEFAULT_PRESET
@@ -210,7 +249,8 @@ class WhisfusionConfig:
     def from_dict(cls, data: dict[str, Any]) -> WhisfusionConfig:
         return cls(
             encoder=EncoderConfig.from_dict(data["encoder"]),
-            decoder=DecoderConfig.from_dict(data["decoder"]),
+            decoder=(WhisperMDMConfig if data["decoder"].get("family") == "whisper-mdm"
+                     else DecoderConfig).from_dict(data["decoder"]),
             eos_id=int(data["eos_id"]),
             tokenizer_kind=data.get("tokenizer_kind", "bpe"),
             default_preset=data.get("default_preset", DEFAULT_PRESET),

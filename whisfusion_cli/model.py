@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import DecoderConfig, EncoderConfig
+from .config import DecoderConfig, EncoderConfig, WhisperMDMConfig
 from .whisper import WhisperEncoder
+from .whisper_mdm import WhisperMDMDecoder
 
 KV = tuple[Tensor, Tensor, Tensor | None]  # keys, values (B, H, S, Dh) and a key mask (B, 1, 1, S)
 
@@ -151,6 +152,8 @@ class Block(nn.Module):
 class DiffusionDecoder(nn.Module):
     """Canvas tokens (B*k, L), some equal to MASK_ID -> logits over the real vocabulary (B*k, L, V)."""
 
+    adapter_names = ("cross_attn",)  # parameter-name parts of the adapters (cross_attn, cross_attn_ln)
+
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.config = cfg
@@ -160,11 +163,11 @@ class DiffusionDecoder(nn.Module):
             ln_f=RMSNorm(cfg.n_embd, cfg.norm_eps),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)  # [MASK] is never predicted
-        self.init_rope()
+        self.init_buffers()
         self.reset_parameters()
 
-    def init_rope(self) -> None:
-        """(Re)builds the RoPE tables, e.g. after the module was created on the meta device."""
+    def init_buffers(self) -> None:
+        """(Re)builds the non-persistent RoPE tables, e.g. after loading on the meta device."""
         cfg, device = self.config, self.lm_head.weight.device
         cos, sin = build_rope_cache(cfg.max_seq_len, cfg.head_size, cfg.rope_base)
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
@@ -177,6 +180,10 @@ class DiffusionDecoder(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
         for block in self.transformer.h:
             nn.init.zeros_(block.cross_attn.out.weight)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.h
 
     def cross_kv(self, xa: Tensor, n_frames: Tensor | None = None) -> list[KV]:
         """Adapter keys/values for every block, computed once per audio window: (B, H, S, Dh) each.
@@ -201,12 +208,12 @@ class DiffusionDecoder(nn.Module):
 
 
 class Whisfusion(nn.Module):
-    """Frozen Whisper encoder + diffusion decoder."""
+    """Frozen Whisper encoder + diffusion decoder of either family (SMDM or whisper-mdm)."""
 
-    def __init__(self, enc: EncoderConfig, dec: DecoderConfig):
+    def __init__(self, enc: EncoderConfig, dec: DecoderConfig | WhisperMDMConfig):
         super().__init__()
         self.encoder = WhisperEncoder(enc)
-        self.decoder = DiffusionDecoder(dec)
+        self.decoder = WhisperMDMDecoder(dec) if isinstance(dec, WhisperMDMConfig) else DiffusionDecoder(dec)
 
     def load_smdm_decoder(self, state_dict: dict[str, Tensor]) -> list[str]:
         """Initialises the text stack from an SMDM checkpoint; returns the keys it did not set.

@@ -55,9 +55,10 @@ class MultiHeadAttention(nn.Module):
         """Keys and values of a source sequence, (B, H, T_src, Dh) each; computed once, reused."""
         return self.heads(self.k_proj(xa)), self.heads(self.v_proj(xa))
 
-    def attend(self, x: Tensor, k: Tensor, v: Tensor, is_causal: bool = False) -> Tensor:
+    def attend(self, x: Tensor, k: Tensor, v: Tensor, is_causal: bool = False,
+               attn_mask: Tensor | None = None) -> Tensor:
         q = self.heads(self.q_proj(x))  # (B, H, T, Dh)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.out_proj(y.transpose(1, 2).flatten(2))  # (B, T, C)
 
     def forward(self, x: Tensor, is_causal: bool = False) -> Tensor:

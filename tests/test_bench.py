@@ -1,0 +1,76 @@
+"""`whisfusion bench` on CPU with tiny random models: every section runs, the record is well-formed.
+
+No timing assertions (speed belongs to the benchmark records, not to CI)."""
+
+import json
+
+import pytest
+import torch
+
+from whisfusion_cli.bench import (BenchOptions, random_models, record_to_dict, run_bench, summarize,
+                                  synthetic_speech)
+from whisfusion_cli.segment import split_windows
+
+LATENCY_KEYS = {"engine", "duration_s", "total_ms", "encoder_ms", "decoder_ms", "overhead_ms",
+                "decoder_tokens", "decoder_tokens_per_s"}
+
+
+@pytest.fixture(scope="module")
+def record():
+    pdd_asr, ar_asr = random_models("test-tiny", "test-tiny", torch.device("cpu"), torch.float32)
+    opts = BenchOptions(presets=("fast", "accurate"), durations=(3.0, 12.0), long_form_min=1.0, repeats=2,
+                        warmup=1, canvas_sweep=(16, 32), ar_token_sweep=(4, 8))
+    return run_bench(pdd_asr, ar_asr, opts, "random")
+
+
+def test_record_schema(record):
+    d = json.loads(json.dumps(record_to_dict(record)))  # JSON-safe
+    assert set(d) == {"meta", "latency", "length_sweep", "long_form"}
+    assert {"device", "dtype", "torch", "commit", "weights", "options", "date"} <= set(d["meta"])
+    assert d["meta"]["weights"] == "random"
+    engines = {r["engine"] for r in d["latency"]}
+    assert engines == {"pdd-fast", "pdd-accurate", "ar-greedy"}
+    assert len(d["latency"]) == 3 * 2
+    for row in d["latency"]:
+        assert set(row) == LATENCY_KEYS
+        assert row["total_ms"] > 0 and row["decoder_ms"] > 0
+        assert row["total_ms"] == pytest.approx(row["encoder_ms"] + row["decoder_ms"] + row["overhead_ms"], abs=1e-2)
+    assert [r["tokens"] for r in d["length_sweep"] if r["engine"] == "ar-greedy"] == [4, 8]
+    assert {r["engine"] for r in d["long_form"]} == engines
+    for row in d["long_form"]:
+        assert row["audio_s"] == 60 and row["windows"] >= 2 and row["rtfx"] > 0
+
+
+def test_summary_names_the_targets(record):
+    s = summarize(record)
+    assert set(s) == {"accurate_longest_ms", "speedup_vs_ar", "decoder_tokens_per_s_accurate",
+                      "latency_spread_accurate", "long_form_rtfx"}
+    assert s["accurate_longest_ms"] > 0 and s["speedup_vs_ar"] > 0 and s["latency_spread_accurate"] >= 0
+
+
+def test_ar_baseline_is_forced_to_a_realistic_length():
+    _, ar_asr = random_models("test-tiny", "test-tiny", torch.device("cpu"), torch.float32)
+    ar_asr.forced_tokens = 7
+    result = ar_asr.decode_windows([synthetic_speech(2.0)])[0]
+    assert result.n_tokens == 7
+
+
+def test_synthetic_long_form_has_pauses_to_cut_at():
+    audio = synthetic_speech(120.0, pauses=True)
+    windows = split_windows(audio)
+    assert len(windows) >= 4 and all(w.duration <= 30.0 for w in windows)
+
+
+@pytest.mark.requires_cuda
+def test_cuda_graphs_match_eager():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    pdd_asr, _ = random_models("test-tiny", "test-tiny", torch.device("cuda"), torch.float32)
+    clips = [synthetic_speech(s, seed=s) for s in (3, 9)]
+    opts = pdd_asr.options("accurate", seed=1)
+    pdd_asr.use_cuda_graphs(False)
+    eager = pdd_asr.decode_windows(clips, opts)
+    pdd_asr.use_cuda_graphs(True)
+    assert pdd_asr.decode_windows(clips, opts) == eager
+    assert pdd_asr.decode_windows(clips, opts) == eager  # replay of the captured graphs
+    assert len(pdd_asr.graphs.graphs) == 1
