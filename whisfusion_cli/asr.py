@@ -89,6 +89,15 @@ class ASRModel:
             audio[i, : len(w)] = torch.from_numpy(np.asarray(w[: 30 * SAMPLE_RATE], np.float32))
         return log_mel_spectrogram(audio, self.n_mels, device=self.device).to(self.dtype)
 
+    def encode(self, windows: Sequence[np.ndarray]) -> Tensor:
+        """(B, 1500, C) encoder states; starts the stopwatch and times "mel" and "encode"."""
+        self.stopwatch.start()
+        mel = self.mel(windows)
+        self.stopwatch.lap("mel")
+        xa = self.net.encoder(mel)  # type: ignore[attr-defined]
+        self.stopwatch.lap("encode")
+        return xa
+
     def decode_windows(self, windows: Sequence[np.ndarray],
                        options: DecodingOptions | None = None) -> list[WindowResult]:
         raise NotImplementedError
@@ -147,21 +156,16 @@ class WhisfusionASR(ASRModel):
         options = options or self.options()
         if not windows:
             return []
-        watch = self.stopwatch
-        watch.start()
-        mel = self.mel(windows)
-        watch.lap("mel")
         frames = [audio_frames(len(w)) for w in windows]
         n_frames = torch.tensor(frames, device=self.device)
         n_states = min(N_AUDIO_CTX, -(-max(frames) // FRAME_BUCKET) * FRAME_BUCKET)
-        xa = self.net.encoder(mel)[:, :n_states]  # (B, S, C_audio): speech frames + margin, bucketed
-        watch.lap("encode")
+        xa = self.encode(windows)[:, :n_states]  # (B, S, C_audio): speech frames + margin, bucketed
         max_len = self.cfg.decoder.max_seq_len
         longest = max(len(w) for w in windows) / SAMPLE_RATE
         canvas_len = min(options.canvas_len or canvas_length(longest, max_len), max_len)
         out = pdd(self._decoder_fn(xa, n_frames, len(windows) * options.k, canvas_len), len(windows),
                   canvas_len, self.cfg.decoder.mask_id, self.cfg.eos_id, options, self.device)
-        watch.lap("decode")
+        self.stopwatch.lap("decode")
         return [self._result(out.tokens[i], float(out.confidence[i]), out.candidates[i])
                 for i in range(len(windows))]
 
@@ -199,15 +203,10 @@ class WhisperASR(ASRModel):
                        options: DecodingOptions | None = None) -> list[WindowResult]:
         if not windows:
             return []
-        watch = self.stopwatch
-        watch.start()
-        mel = self.mel(windows)
-        watch.lap("mel")
-        xa = self.net.encoder(mel)
-        watch.lap("encode")
+        xa = self.encode(windows)
         n = self.forced_tokens
         ids, mean_logprob = self.net.greedy(xa, self.prompt, self.eot, self.eot, *((n, n) if n else ()))
-        watch.lap("decode")
+        self.stopwatch.lap("decode")
         return [WindowResult(self.tokenizer.decode(t), float(lp.exp()), (), len(t))
                 for t, lp in zip(ids, mean_logprob)]
 

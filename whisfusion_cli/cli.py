@@ -32,7 +32,7 @@ out = Console(soft_wrap=True, highlight=False)
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Prints a one-line error (no traceback) and returns the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -114,8 +114,9 @@ def transcribe(
 ) -> None:
     """Transcribe media files or folders to txt/srt/vtt/json/tsv.
 
-    With one file, no -o and txt, the transcript goes to stdout. Files whose outputs exist are
-    skipped (rerun after a crash to resume). Exit code: 0 all ok, 1 some files failed, 2 usage error.
+    With one file, no -o and txt, the transcript goes to stdout.
+    Files whose outputs exist are skipped (rerun after a crash to resume).
+    Exit code: 0 all ok, 1 some files failed, 2 usage error.
     """
     setup_logging(quiet, verbose)
     try:
@@ -180,7 +181,7 @@ def run_jobs(asr: object, jobs: list, topts: object, quiet: bool, verbose: bool,
                 progress.advance(overall, event.seconds)
             elif isinstance(event, FileFailed):
                 failed.append((event.job.source, event.error))
-                err.print(f"[red]failed:[/] {event.error}", highlight=False)
+                err.print(f"[red]failed:[/] {event.error}", highlight=False, soft_wrap=True)
             elif isinstance(event, FileDone):
                 report_done(event, progress, current, stats, quiet, to_stdout)
     if not quiet and (verbose or not to_stdout):
@@ -199,7 +200,8 @@ def report_done(event: object, progress: Progress, current: dict, stats: dict, q
     stats["load_s"] += event.transcript.timings.get("load_s", 0.0)  # type: ignore[attr-defined]
     stats["write_s"] += event.write_s  # type: ignore[attr-defined]
     if event.warning:  # type: ignore[attr-defined]
-        err.print(f"[yellow]warning:[/] {event.job.source}: {event.warning}", highlight=False)  # type: ignore
+        err.print(f"[yellow]warning:[/] {event.job.source}: {event.warning}", highlight=False,  # type: ignore
+                  soft_wrap=True)
     if to_stdout:
         out.print(event.transcript.text, markup=False)  # type: ignore[attr-defined]
 
@@ -221,7 +223,7 @@ def print_summary(stats: dict, failed: list, wall: float, asr: object, verbose: 
                                         "write": stats["write_s"]}.items()), highlight=False)
     for path, message in failed:
         err.print(f"[red]failed:[/] {path}: {message}" if str(path) not in message else f"[red]failed:[/] {message}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 def main() -> None:

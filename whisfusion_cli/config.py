@@ -12,6 +12,13 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 
+def _from_table(table: dict[str, Any], kind: str, name: str, overrides: dict[str, Any]) -> Any:
+    """A named preset with field overrides; ConfigError naming the choices for an unknown name."""
+    if name not in table:
+        raise ConfigError(f"unknown {kind} {name!r}; choose from {', '.join(table)}")
+    return replace(table[name], **overrides)
+
+
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Builds a dataclass from a dict, ignoring unknown keys (forward-compatible checkpoints)."""
     names = {f.name for f in fields(cls)}
@@ -32,9 +39,7 @@ class EncoderConfig:
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> EncoderConfig:
-        if name not in ENCODER_CONFIGS:
-            raise ConfigError(f"unknown encoder config {name!r}; choose from {', '.join(ENCODER_CONFIGS)}")
-        return replace(ENCODER_CONFIGS[name], **overrides)
+        return _from_table(ENCODER_CONFIGS, "encoder config", name, overrides)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
@@ -111,9 +116,7 @@ class DecoderConfig:
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> DecoderConfig:
-        if name not in DECODER_CONFIGS:
-            raise ConfigError(f"unknown decoder config {name!r}; choose from {', '.join(DECODER_CONFIGS)}")
-        return replace(DECODER_CONFIGS[name], **overrides)
+        return _from_table(DECODER_CONFIGS, "decoder config", name, overrides)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DecoderConfig:
@@ -206,9 +209,7 @@ class DecodingOptions:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DecodingOptions:
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+        return _from_table(PRESETS, "preset", name, overrides)
 
 
 PRESETS: dict[str, DecodingOptions] = {
