@@ -74,3 +74,19 @@ def test_cuda_graphs_match_eager():
     assert pdd_asr.decode_windows(clips, opts) == eager
     assert pdd_asr.decode_windows(clips, opts) == eager  # replay of the captured graphs
     assert len(pdd_asr.graphs.graphs) == 1
+
+
+def test_bench_command_writes_the_record(tmp_path):
+    from typer.testing import CliRunner
+
+    from whisfusion_cli.cli import app
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--encoder", "test-tiny", "--decoder", "test-tiny", "--presets",
+                                      "fast", "--durations", "2", "--repeats", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.read_text())
+    assert {r["engine"] for r in record["latency"]} == {"pdd-fast", "ar-greedy"}
+    assert record["summary"]["long_form_rtfx"] is None  # not asked for
+    bad = CliRunner().invoke(app, ["bench", "--presets", "turbo", "--encoder", "test-tiny", "--decoder", "test-tiny"])
+    assert bad.exit_code == 2 and "unknown preset" in bad.output

@@ -226,5 +226,65 @@ def print_summary(stats: dict, failed: list, wall: float, asr: object, verbose: 
                   highlight=False, soft_wrap=True)
 
 
+@app.command()
+def bench(
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Whisfusion checkpoint to time; default: random weights of the paper's shapes "
+                              "(--encoder + --decoder).")] = None,
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", help="Whisper checkpoint for the AR baseline; default: random Whisper of the same "
+                           "encoder, forced to a realistic token count.")] = None,
+    presets: Annotated[str, typer.Option("--presets", help="PDD presets to time.")] = "fast,balanced,accurate",
+    durations: Annotated[str, typer.Option("--durations", help="Clip seconds, one per duration bucket.")] = "5,15,25",
+    long_form: Annotated[float, typer.Option("--long-form", help="Minutes of audio for the end-to-end "
+                                                                 "run (0: skip).")] = 0.0,
+    encoder: Annotated[str, typer.Option("--encoder", help="Encoder shape for random weights.")] = "whisper-base",
+    decoder: Annotated[str, typer.Option("--decoder", help="Decoder shape for random weights.")] = "smdm-170m",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed repeats (median).")] = 10,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the record here.")] = None,
+) -> None:
+    """Time both engines side by side on one device: latency per bucket, tokens/s, long-form RTFx."""
+    import json
+
+    from .bench import BenchOptions, random_models, record_to_dict, run_bench, summarize
+    from .checkpoint import resolve_device, resolve_dtype
+    from .transcribe import load_model
+
+    try:
+        opts = BenchOptions(presets=tuple(p.strip() for p in presets.split(",") if p.strip()),
+                            durations=tuple(float(d) for d in durations.split(",")),
+                            long_form_min=long_form, repeats=repeats)
+        for p in opts.presets:
+            DecodingOptions.from_preset(p)
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        pdd_asr, ar_asr = random_models(encoder, decoder, dev, dt)
+        weights = "random"
+        if model or baseline:
+            pdd_asr = load_model(model, dev, dt) if model else pdd_asr
+            ar_asr = load_model(baseline, dev, dt) if baseline else ar_asr
+            weights = f"model={model or 'random'} baseline={baseline or 'random'}"
+    except (WhisfusionError, ValueError) as e:
+        raise fail(str(e), 2) from None
+    with err.status("benchmarking") as status:
+        rec = run_bench(pdd_asr, ar_asr, opts, weights, lambda m: status.update(m))  # type: ignore[arg-type]
+    record = record_to_dict(rec) | {"summary": summarize(rec)}
+    table = Table(title=f"whisfusion bench ({rec.meta['device']}, {rec.meta['dtype']}, {weights} weights)")
+    table.add_column("engine", no_wrap=True)
+    for col in ("clip (s)", "total ms", "encoder ms", "decoder ms", "overhead ms", "dec tokens/s"):
+        table.add_column(col, justify="right")
+    for r in rec.latency:
+        table.add_row(r["engine"], f"{r['duration_s']:g}", f"{r['total_ms']:.1f}", f"{r['encoder_ms']:.1f}",
+                      f"{r['decoder_ms']:.1f}", f"{r['overhead_ms']:.1f}", f"{r['decoder_tokens_per_s']:.0f}")
+    out.print(table)
+    for r in rec.long_form:
+        out.print(f"long-form {r['engine']}: {r['audio_s'] / 60:g} min in {r['wall_s']:.2f} s, RTFx {r['rtfx']}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main() -> None:
     app(prog_name="whisfusion")
