@@ -24,7 +24,7 @@ import torch
 
 from .asr import ASRModel, WhisfusionASR, WhisperASR
 from .audio import SAMPLE_RATE
-from .config import PRESETS, DecoderConfig, EncoderConfig, WhisfusionConfig, WhisperTextConfig
+from .config import DecoderConfig, EncoderConfig, WhisfusionConfig, WhisperTextConfig
 from .model import Whisfusion
 from .tokenizer import Tokenizer, train_bpe_tokenizer
 from .whisper import WhisperModel

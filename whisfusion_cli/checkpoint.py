@@ -7,13 +7,16 @@ and loads as the autoregressive baseline. Weights may be one file or several sha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -165,9 +168,58 @@ def save_whisfusion(model: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokeniz
             save_file(shard, str(tmp / name), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         tokenizer.save(tmp / "tokenizer.json")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def recover(final: Path) -> None:
+    """Completes or undoes a checkpoint swap a kill interrupted (see `publish`)."""
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.exists():
+        os.replace(old, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Swaps a complete checkpoint directory into place: final -> final.old, staging -> final, drop
+    final.old. A kill between the renames leaves final.old, which `recover` puts back."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(model: Whisfusion, wcfg: WhisfusionConfig, tokenizer: Tokenizer, out: Path,
+                    extra: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> Path:
+    """A loadable whisfusion directory (+ train_state.pt, + train_info.json), swapped in atomically."""
+    staging = out.parent / ".staging" / out.name
+    shutil.rmtree(staging, ignore_errors=True)
+    save_whisfusion(model, wcfg, tokenizer, staging)
+    if extra is not None:
+        (staging / "train_info.json").write_text(json.dumps(extra, indent=2) + "\n")
+    if state is not None:
+        torch.save(state, staging / "train_state.pt")
+    publish(staging, out)
+    with contextlib.suppress(OSError):
+        staging.parent.rmdir()
+    return out
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

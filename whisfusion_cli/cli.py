@@ -7,18 +7,21 @@ the library inside their bodies. Progress and logs go to stderr so stdout can ca
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import __version__
-from .config import DEFAULT_PRESET, PRESETS, DecodingOptions, parse_schedule
+from .config import DEFAULT_PRESET, PRESETS, DecodingOptions, TrainConfig, parse_schedule
 from .errors import WhisfusionError
 from .transcript import parse_formats
 
@@ -27,12 +30,12 @@ app = typer.Typer(name="whisfusion", rich_markup_mode="rich", no_args_is_help=Tr
                   help="Fast non-autoregressive speech transcription: a Whisper encoder + a masked-diffusion "
                        "decoder, decoded in a fixed number of parallel steps (Whisfusion, arXiv 2508.07048).")
 err = Console(stderr=True)
-out = Console(soft_wrap=True, highlight=False)
+out = Console(soft_wrap=True, highlight=False, width=None if sys.stdout.isatty() else 160)  # pipes: no squeeze
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Prints a one-line error (no traceback) and returns the Exit to raise."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -135,13 +138,15 @@ def transcribe(
     if not jobs:
         raise fail("no media files found in the given folders", 2)
     to_stdout = len(jobs) == 1 and output_dir is None and fmts == ("txt",) and not inputs[0].is_dir()
-    topts = TranscribeOptions(fmts, overwrite or to_stdout, batch_size, not to_stdout, options)
-    from .transcribe import load_model
+    from .transcribe import WhisfusionASR, load_model
 
     try:
         asr = load_model(model, device, dtype)
+        if preset is None and options is not None and isinstance(asr, WhisfusionASR):
+            options = decoding_options(asr.cfg.default_preset, k, steps, schedule, seed)  # the model's preset
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
+    topts = TranscribeOptions(fmts, overwrite or to_stdout, batch_size, not to_stdout, options)
     failures = run_jobs(asr, jobs, topts, quiet, verbose, to_stdout)
     raise typer.Exit(1 if failures else 0)
 
@@ -181,7 +186,7 @@ def run_jobs(asr: object, jobs: list, topts: object, quiet: bool, verbose: bool,
                 progress.advance(overall, event.seconds)
             elif isinstance(event, FileFailed):
                 failed.append((event.job.source, event.error))
-                err.print(f"[red]failed:[/] {event.error}", highlight=False, soft_wrap=True)
+                err.print(f"[red]failed:[/] {escape(event.error)}", highlight=False, soft_wrap=True)
             elif isinstance(event, FileDone):
                 report_done(event, progress, current, stats, quiet, to_stdout)
     if not quiet and (verbose or not to_stdout):
@@ -200,8 +205,8 @@ def report_done(event: object, progress: Progress, current: dict, stats: dict, q
     stats["load_s"] += event.transcript.timings.get("load_s", 0.0)  # type: ignore[attr-defined]
     stats["write_s"] += event.write_s  # type: ignore[attr-defined]
     if event.warning:  # type: ignore[attr-defined]
-        err.print(f"[yellow]warning:[/] {event.job.source}: {event.warning}", highlight=False,  # type: ignore
-                  soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(f'{event.job.source}: {event.warning}')}",  # type: ignore
+                  highlight=False, soft_wrap=True)
     if to_stdout:
         out.print(event.transcript.text, markup=False)  # type: ignore[attr-defined]
 
@@ -220,10 +225,10 @@ def print_summary(stats: dict, failed: list, wall: float, asr: object, verbose: 
             f"{k} {v:.3f}" for k, v in {"ffmpeg decode": stats["load_s"], "log-mel": totals.get("mel", 0.0),
                                         "encoder": totals.get("encode", 0.0),
                                         "decoder": totals.get("decode", 0.0),
-                                        "write": stats["write_s"]}.items()), highlight=False)
+                                        "write": stats["write_s"]}.items()), highlight=False, soft_wrap=True)
     for path, message in failed:
-        err.print(f"[red]failed:[/] {path}: {message}" if str(path) not in message else f"[red]failed:[/] {message}",
-                  highlight=False, soft_wrap=True)
+        line = f"{path}: {message}" if str(path) not in message else message
+        err.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -284,6 +289,181 @@ def bench(
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+_T = TrainConfig.__dataclass_fields__  # CLI defaults are read from the dataclass, never retyped
+
+
+def _default(name: str) -> object:
+    return _T[name].default
+
+
+@app.command()
+def train(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="Training source, repeatable: a JSONL manifest "
+                                                                 "or a LibriSpeech-layout folder.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run directory: last/, best/, metrics.jsonl.")],
+    stage: Annotated[str, typer.Option("--stage", help="1: adapters only, t~U(0,1); 2: whole decoder, LLRD, "
+                                                       "t~U(0.7,1); scratch: fresh decoder + adapters.")] = "1",
+    init: Annotated[Optional[str], typer.Option("--init", help="Whisfusion checkpoint to continue from "
+                                                               "(e.g. stage 1's best/).")] = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Whisper checkpoint (dir or repo) for a "
+                                                                     "fresh model.")] = None,
+    decoder_config: Annotated[str, typer.Option("--decoder-config", help="Named decoder (smdm-170m, smdm-small, "
+                                                                         "...) or whisper-mdm.")] = _default("decoder_config"),  # type: ignore
+    smdm_init: Annotated[Optional[str], typer.Option("--smdm-init", help="SMDM weights for a fresh decoder.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="tokenizer.json to reuse; default: "
+                                                                         "train a BPE on the texts.")] = None,
+    vocab: Annotated[int, typer.Option("--vocab", help="Size of the trained tokenizer.")] = _default("vocab_size"),  # type: ignore
+    val_data: Annotated[Optional[list[str]], typer.Option("--val-data", help="Held-out sources.")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held out of DATA when no --val-data.")] = _default("val_fraction"),  # type: ignore
+    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Encoder feature cache (shareable).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs")] = _default("epochs"),  # type: ignore
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per micro-batch per process.")] = _default("batch_size"),  # type: ignore
+    grad_accum: Annotated[int, typer.Option("--grad-accum")] = _default("grad_accum"),  # type: ignore
+    lr: Annotated[float, typer.Option("--lr", help="Peak LR (the top block's in stage 2).")] = _default("lr"),  # type: ignore
+    warmup_steps: Annotated[int, typer.Option("--warmup-steps")] = _default("warmup_steps"),  # type: ignore
+    llrd: Annotated[float, typer.Option("--llrd", help="Stage-2 layer-wise LR decay.")] = _default("llrd"),  # type: ignore
+    val_every: Annotated[int, typer.Option("--val-every")] = _default("val_every"),  # type: ignore
+    save_every: Annotated[int, typer.Option("--save-every")] = _default("save_every"),  # type: ignore
+    seed: Annotated[int, typer.Option("--seed")] = _default("seed"),  # type: ignore
+    device: DeviceOpt = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT/last (model, optimizer, "
+                                                          "schedule, RNG, data position).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train a whisfusion model (the paper's curriculum); run under torchrun for several GPUs."""
+    from .train import CacheProgress, StepInfo, ValInfo, run_training
+
+    setup_logging(quiet, False)
+    try:
+        cfg = TrainConfig(tuple(data), str(output), stage, init, encoder, decoder_config, smdm_init,  # type: ignore
+                          tokenizer, vocab, tuple(val_data or ()), val_fraction, cache_dir, steps, epochs,
+                          batch_size, grad_accum, lr, warmup_steps=warmup_steps, llrd=llrd, val_every=val_every,
+                          save_every=save_every, seed=seed, device=device, resume=resume)
+    except WhisfusionError as e:
+        raise fail(str(e), 2) from None
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=err, disable=quiet) as progress:
+        cache_task = progress.add_task("encoding", total=None, info="")
+        step_task = progress.add_task("training", total=None, info="", visible=False)
+
+        def on_event(event: object) -> None:
+            if isinstance(event, CacheProgress):
+                progress.update(cache_task, completed=event.done, total=event.total)
+            elif isinstance(event, StepInfo):
+                progress.update(step_task, visible=True, completed=event.step, total=event.total_steps,
+                                info=f"loss {event.loss:.3f}  {event.tokens_per_s:,.0f} tok/s  lr {event.lr:.2e}")
+            elif isinstance(event, ValInfo):
+                wer = "-" if event.wer is None else f"{100 * event.wer:.2f}%"
+                progress.console.print(f"step {event.step}: val loss {event.loss:.4f}, WER {wer}"
+                                       f"{' (best)' if event.is_best else ''}", highlight=False)
+
+        try:
+            best = run_training(cfg, on_event)
+        except WhisfusionError as e:
+            raise fail(str(e), 2) from None
+    if not quiet:
+        err.print(f"checkpoint: {best}", highlight=False)
+
+
+eval_app = typer.Typer(help="Measure WER/CER, oracle WER, RTF and per-stage ms the way the paper does "
+                            "(Tables 3, 4, 6), for whisfusion and the AR baseline alike.",
+                       context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+def run_eval(examples: list, skipped: object, model: str | None, preset: str | None, limit: int | None,
+             batch_size: int, device: str, dtype: str, json_out: Path | None) -> None:
+    """Loads the model, evaluates with a progress bar, prints the tables, writes the JSON."""
+    import json
+
+    from .evaluate import EvalOptions, evaluate, report_to_dict
+    from .transcribe import load_model
+
+    model = model or default_model()
+    if model is None:
+        raise fail("no bundled model in this install; pass --model DIR|REPO", 2)
+    try:
+        options = decoding_options(preset, None, None, None, None)
+        asr = load_model(model, device, dtype)
+        eopts = EvalOptions(batch_size=batch_size, limit=limit, options=options)
+    except WhisfusionError as e:
+        raise fail(str(e), 2) from None
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("evaluating", total=None)
+        report = evaluate(asr, examples, eopts, lambda done, total: progress.update(task, completed=done,
+                                                                                    total=total))
+    print_eval(report)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report_to_dict(report), indent=2, allow_nan=False) + "\n")
+
+
+def print_eval(report: object) -> None:
+    r = report
+    table = Table(title=f"{r.model} ({r.engine}{', ' + r.preset if r.preset else ''}, {r.device})",  # type: ignore
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("set", no_wrap=True)
+    for col in ("utts", "hours", "WER%", "orcl%", "CER%", "RTFx", "enc ms", "dec ms", "oth ms", "tok/s"):
+        table.add_column(col, justify="right", no_wrap=True)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}"
+
+    def num(x: float | None, fmt: str = ".1f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    groups = [("all", r.overall)] + [(s, m) for s, m in r.by_subset.items()] + \
+             [(f"  {b} s", m) for b, m in r.by_bucket.items() if m.n_utterances]  # type: ignore
+    for name, m in groups:
+        table.add_row(name, str(m.n_utterances), f"{m.audio_s / 3600:.2f}", pct(m.wer), pct(m.oracle_wer), pct(m.cer),
+                      num(m.rtfx), num(m.encode_ms), num(m.decode_ms), num(m.overhead_ms), num(m.tokens_per_s, ".0f"))
+    out.print(table)
+    if r.skipped:  # type: ignore[attr-defined]
+        err.print("skipped: " + ", ".join(f"{k} {v}" for k, v in r.skipped.items()), highlight=False)  # type: ignore
+
+
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=0, help="Only the first N utterances.")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the full report (schema "
+                                                                 "whisfusion.eval/1) here.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Utterances per batch.")]
+
+
+@eval_app.command("librispeech")
+def eval_librispeech(
+    root: Annotated[Path, typer.Argument(help="A LibriSpeech-layout folder (<subset>/<spk>/<chapter>/*.flac).")],
+    subset: Annotated[Optional[str], typer.Option("--subset", help="Comma-separated subsets, e.g. "
+                                                                   "test-clean,test-other; default: all found.")] = None,
+    model: ModelOpt = None, preset: PresetOpt = None, limit: LimitOpt = None, batch_size: BatchOpt = 16,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", json_out: JsonOpt = None,
+) -> None:
+    """Evaluate on LibriSpeech-layout data: WER/CER per subset and per duration bucket."""
+    from .data import read_librispeech
+
+    try:
+        examples, skipped = read_librispeech(root, subset.split(",") if subset else None)
+    except WhisfusionError as e:
+        raise fail(str(e), 2) from None
+    run_eval(examples, skipped, model, preset, limit, batch_size, device, dtype, json_out)
+
+
+@eval_app.command("manifest")
+def eval_manifest(
+    manifest: Annotated[Path, typer.Argument(help='A JSONL file of {"audio", "text", "duration"} rows.')],
+    model: ModelOpt = None, preset: PresetOpt = None, limit: LimitOpt = None, batch_size: BatchOpt = 16,
+    device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", json_out: JsonOpt = None,
+) -> None:
+    """Evaluate on any JSONL manifest."""
+    from .data import read_manifest
+
+    try:
+        examples, skipped = read_manifest(manifest)
+    except WhisfusionError as e:
+        raise fail(str(e), 2) from None
+    run_eval(examples, skipped, model, preset, limit, batch_size, device, dtype, json_out)
 
 
 def main() -> None:

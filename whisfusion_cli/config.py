@@ -256,3 +256,62 @@ class WhisfusionConfig:
             tokenizer_kind=data.get("tokenizer_kind", "bpe"),
             default_preset=data.get("default_preset", DEFAULT_PRESET),
         )
+
+
+Stage = Literal["1", "2", "scratch"]
+STAGE_MASK_RANGE: dict[str, tuple[float, float]] = {"1": (0.0, 1.0), "2": (0.7, 1.0), "scratch": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; `whisfusion train` flags map onto these fields."""
+
+    data: tuple[str, ...]  # training sources: JSONL manifests and/or LibriSpeech-layout folders
+    output: str  # run directory: last/, best/, metrics.jsonl (features/ unless cache_dir)
+    stage: Stage = "1"
+    init: str | None = None  # whisfusion checkpoint (dir or hub repo) to start from
+    encoder: str | None = None  # Whisper checkpoint (dir or hub repo) for a fresh model (no init)
+    decoder_config: str = "smdm-small"  # named DecoderConfig for a fresh decoder, or "whisper-mdm"
+    smdm_init: str | None = None  # SMDM weights (.safetensors/.pt/.pth) for a fresh decoder
+    tokenizer: str | None = None  # tokenizer.json to reuse (kind "bpe", </s> = eos); None: train one
+    vocab_size: int = 4096  # of the trained tokenizer
+    val_data: tuple[str, ...] = ()  # held-out sources; empty: val_fraction of data
+    val_fraction: float = 0.02
+    cache_dir: str | None = None  # feature cache (share it between runs); None: <output>/features
+    steps: int | None = None  # optimizer steps (overrides epochs); None: epochs over the data
+    epochs: int = 1
+    batch_size: int = 32  # clips per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 3e-4  # peak LR (the top block's in stage 2)
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * this
+    warmup_steps: int = 500
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    llrd: float = 0.9  # stage 2 layer-wise LR decay
+    mask_range: tuple[float, float] | None = None  # t ~ U(a, b); None: the stage's (STAGE_MASK_RANGE)
+    val_t: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # mask ratios of the validation loss
+    log_every: int = 10
+    val_every: int = 500
+    save_every: int = 500
+    encode_batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False  # continue from <output>/last's training state (fresh start if none)
+
+    def __post_init__(self) -> None:
+        for name in ("data", "val_data", "betas", "val_t"):  # lists from a CLI or JSON become tuples
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.stage not in STAGE_MASK_RANGE:
+            raise ConfigError(f"stage must be 1, 2 or scratch, got {self.stage!r}")
+        if self.init is None and self.encoder is None:
+            raise ConfigError("give init (a whisfusion checkpoint) or encoder (Whisper weights, fresh model)")
+        if min(self.batch_size, self.grad_accum, self.epochs, self.log_every, self.val_every,
+               self.save_every, self.steps or 1) < 1:
+            raise ConfigError("batch_size, grad_accum, epochs, steps and the *_every intervals must be >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    @property
+    def t_range(self) -> tuple[float, float]:
+        return self.mask_range or STAGE_MASK_RANGE[self.stage]

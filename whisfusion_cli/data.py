@@ -94,3 +94,43 @@ def read_sources(sources: list[str | Path]) -> tuple[list[Example], Counter]:
         examples += exs
         skipped += sk
     return examples, skipped
+
+
+def split_examples(examples: list[Example], val_fraction: float,
+                   seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """A deterministic held-out split: (train, val), each in the input order.
+
+    The `round(n * val_fraction)` examples (at least one when the fraction is > 0 and n > 1) whose
+    hash of (seed, audio path, text) ranks lowest go to validation, so the split depends on the
+    examples themselves, not on their order or on the machine.
+    """
+    import hashlib
+
+    if val_fraction <= 0 or len(examples) < 2:
+        return list(examples), []
+    n_val = min(len(examples) - 1, max(1, round(len(examples) * val_fraction)))
+    rank = sorted(range(len(examples)), key=lambda i: hashlib.sha1(
+        f"{seed}\0{examples[i].audio}\0{examples[i].text}".encode()).hexdigest())
+    held = set(rank[:n_val])
+    return ([ex for i, ex in enumerate(examples) if i not in held],
+            [ex for i, ex in enumerate(examples) if i in held])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch: the same on every rank, machine and resume."""
+    import random
+
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def micro_batch_span(micro: int, batch_size: int, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
+    """Positions [start, stop) in an epoch's order of one rank's share of global micro-batch `micro`.
+
+    Global micro-batch m is positions [m * batch_size * world_size, (m + 1) * ...); rank r takes
+    the r-th `batch_size` slice of it (DistributedSampler-like, without padding: an epoch's tail
+    that does not fill a whole global micro-batch is dropped, so every rank steps in lockstep).
+    """
+    start = (micro * world_size + rank) * batch_size
+    return start, start + batch_size

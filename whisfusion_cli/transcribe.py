@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,7 +105,25 @@ def collect_jobs(inputs: Sequence[str | Path], output_dir: str | Path | None = N
         else:
             raise AudioError(f"{src}: no such file or folder")
     seen: set[Path] = set()
-    return [j for j in jobs if not (j.source.resolve() in seen or seen.add(j.source.resolve()))]
+    jobs = [j for j in jobs if not (j.source.resolve() in seen or seen.add(j.source.resolve()))]
+    return _distinct_stems(jobs)
+
+
+def _distinct_stems(jobs: list[Job]) -> list[Job]:
+    """Keeps the media suffix in the stem of files that would share outputs (clip.mp3 and clip.wav
+    write clip.mp3.txt and clip.wav.txt), so no transcript overwrites another's.
+
+    Raises:
+        WhisfusionError: two inputs still map to the same outputs (same name, mirrored to one -o).
+    """
+    counts = Counter(j.stem for j in jobs)
+    jobs = [Job(j.source, j.stem.with_name(j.source.name)) if counts[j.stem] > 1 else j for j in jobs]
+    owners: dict[Path, Path] = {}
+    for j in jobs:
+        if owners.setdefault(j.stem, j.source) != j.source:
+            raise WhisfusionError(f"{owners[j.stem]} and {j.source} would write the same outputs "
+                                  f"{j.stem}.*; transcribe them in separate runs")
+    return jobs
 
 
 def outputs_exist(job: Job, formats: Iterable[str]) -> bool:
@@ -155,10 +174,12 @@ def _prefetch(jobs: list[Job]) -> Iterator[tuple[Job, Future]]:
 def _finish(state: _FileState, model: ASRModel, options: TranscribeOptions) -> FileDone | FileFailed:
     segments = tuple(Segment(i, w.start, w.end, state.results[i].text, state.results[i].confidence)
                      for i, w in enumerate(state.windows))
-    preset = None if options.decoding is None or model.engine != "pdd" else _preset_name(options.decoding)
+    decoding = options.decoding or model.options()  # None: the model's default preset (PDD) or AR
+    preset = None if decoding is None or model.engine != "pdd" else _preset_name(decoding)
     transcript = Transcript(segments, len(state.audio) / SAMPLE_RATE, model=model.name, preset=preset,
                             timings={"load_s": round(state.load_s, 4)})
-    warning = None if state.windows else "no speech found (silent or empty audio): wrote empty outputs"
+    warning = None if state.windows else ("no speech found (silent or empty audio)"
+                                          + (": wrote empty outputs" if options.write else ""))
     if not options.write:
         return FileDone(state.job, transcript, (), warning=warning)
     t0 = time.perf_counter()
