@@ -17,6 +17,17 @@ LIBRISPEECH = SHARED / "data" / "librispeech-sample" / "LibriSpeech"
 FETCH = SHARED / "tools" / "fetch_whisper_weights.py"
 
 
+@pytest.fixture()
+def one_thread():
+    """Tiny tensors gain nothing from threads, and spin-waiting threads crawl on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def weights_dir() -> Path:
     """Directory with whisper-tiny.en and whisper-base in the HF layout, or skip."""

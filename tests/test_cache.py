@@ -1,5 +1,4 @@
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -8,28 +7,13 @@ import torch
 
 from whisfusion_cli import cache as cache_mod
 from whisfusion_cli.audio import SAMPLE_RATE, audio_frames
+from whisfusion_cli.bench import write_wav
 from whisfusion_cli.cache import FeatureCache, build_cache, encode_clips, load_index, merge_index
 from whisfusion_cli.config import EncoderConfig
 from whisfusion_cli.data import Example, read_manifest
 from whisfusion_cli.whisper import WhisperEncoder
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and spin-waiting threads crawl on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def write_wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tone(i: int, seconds: float) -> np.ndarray:

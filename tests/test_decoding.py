@@ -130,3 +130,13 @@ def test_canvas_length_follows_duration():
     assert canvas_length(10.0, 256) < canvas_length(20.0, 256) <= canvas_length(30.0, 256) <= 256
     assert canvas_length(30.0, 256) >= 30 * 6  # room for fast speech
     assert canvas_length(30.0, 64) == 64
+
+
+def test_default_schedule_for_a_bare_step_count():
+    from whisfusion_cli.config import default_schedule
+
+    assert default_schedule(1) == (1.0,)
+    assert default_schedule(3) == (1.0, 0.9, 0.8)
+    s = default_schedule(8)
+    assert len(s) == 8 and s[0] == 1.0 and s[1] == 0.9 and s[-1] == 0.8 and list(s[1:]) == sorted(s[1:], reverse=True)
+    DecodingOptions(k=2, steps=8, schedule=s)  # valid

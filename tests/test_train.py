@@ -4,7 +4,6 @@ import signal
 import subprocess
 import sys
 import time
-import wave
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,35 +12,30 @@ import pytest
 import torch
 
 from whisfusion_cli.audio import SAMPLE_RATE
+from whisfusion_cli.bench import write_wav
 from whisfusion_cli.checkpoint import load_whisfusion, save_whisfusion
 from whisfusion_cli.config import DecoderConfig, EncoderConfig, WhisfusionConfig, WhisperMDMConfig
 from whisfusion_cli.data import Example, epoch_order, micro_batch_span, split_examples
 from whisfusion_cli.errors import ConfigError
 from whisfusion_cli.model import DiffusionDecoder, Whisfusion
 from whisfusion_cli.tokenizer import train_bpe_tokenizer
-from whisfusion_cli.train import (StepInfo, TrainConfig, ValInfo, add_noise, noise_seed, param_groups,
-                                  run_training, set_trainable)
+from whisfusion_cli.train import (
+    StepInfo,
+    TrainConfig,
+    ValInfo,
+    add_noise,
+    noise_seed,
+    param_groups,
+    run_training,
+    set_trainable,
+)
 from whisfusion_cli.whisper_mdm import WhisperMDMDecoder
 
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight"]
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and spin-waiting threads crawl on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def write_wav(path: Path, samples: np.ndarray) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((samples * 32767).astype(np.int16).tobytes())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 
 from whisfusion_cli.asr import WindowResult
 from whisfusion_cli.audio import load_audio
+from whisfusion_cli.bench import write_wav
 from whisfusion_cli.config import PRESETS, DecodingOptions
 from whisfusion_cli.errors import AudioError, WhisfusionError
 from whisfusion_cli.segment import SAMPLE_RATE, SegmentOptions, split_windows
@@ -45,15 +45,6 @@ def _frame_db(audio: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(np.maximum(mean_sq, 1e-20))
 
 
-def _write_wav(path: Path, audio: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SR)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
-    return path
-
-
 @pytest.fixture(scope="module")
 def clip_audio(real_clips) -> list[np.ndarray]:
     return [load_audio(path) for path, _ in real_clips]
@@ -77,7 +68,7 @@ def long_file(clip_audio, tmp_path_factory) -> tuple[Path, np.ndarray, list[tupl
             parts.append(audio)
             clips.append((n / SR, (n + len(audio)) / SR))
             n += len(audio)
-    path = _write_wav(tmp_path_factory.mktemp("long") / "long.wav", np.concatenate(parts))
+    path = write_wav(tmp_path_factory.mktemp("long") / "long.wav", np.concatenate(parts))
     return path, load_audio(path), clips, pauses
 
 
@@ -239,7 +230,7 @@ def test_existing_outputs_are_skipped_unless_overwrite(real_clips, tmp_path) -> 
 def test_bad_file_fails_alone_and_silence_writes_empty_outputs(real_clips, tmp_path) -> None:
     bad = tmp_path / "bad.mp3"
     bad.write_bytes(np.random.default_rng(0).bytes(4000))
-    silent = _write_wav(tmp_path / "silent.wav", np.zeros(3 * SR, np.float32))
+    silent = write_wav(tmp_path / "silent.wav", np.zeros(3 * SR, np.float32))
     good = real_clips[2][0]
     jobs = [Job(bad, tmp_path / "out" / "bad"), Job(silent, tmp_path / "out" / "silent"),
             Job(good, tmp_path / "out" / "good")]

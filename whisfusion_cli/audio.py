@@ -67,7 +67,7 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
         n += len(samples)
     stderr = proc.stderr.read().decode(errors="replace")
     if proc.wait() != 0:
-        raise AudioError(f"{path}: {_ffmpeg_reason(stderr)}")
+        raise AudioError(f"{path}: {_ffmpeg_reason(stderr).removeprefix(f'{path}: ')}")
     return buf[:n].copy() if n < len(buf) // 2 else buf[:n]
 
 

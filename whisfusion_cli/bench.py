@@ -168,12 +168,14 @@ def length_sweep(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None,
     return rows
 
 
-def write_wav(path: Path, audio: np.ndarray) -> None:
+def write_wav(path: Path, audio: np.ndarray) -> Path:
+    """16 kHz mono 16-bit WAV (stdlib only), samples clipped to [-1, 1]."""
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)
         w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
+    return path
 
 
 def long_form(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None, opts: BenchOptions,

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import __version__
-from .config import DEFAULT_PRESET, PRESETS, DecodingOptions, TrainConfig, parse_schedule
+from .config import DEFAULT_PRESET, PRESETS, DecodingOptions, TrainConfig, default_schedule, parse_schedule
 from .errors import WhisfusionError
 from .transcript import parse_formats
 
@@ -56,6 +56,8 @@ def decoding_options(preset: str | None, k: int | None, steps: int | None, sched
         overrides["steps"] = len(overrides["schedule"])  # type: ignore[arg-type]
     if steps is not None:
         overrides["steps"] = steps
+        if schedule is None:
+            overrides["schedule"] = default_schedule(steps)
     if seed is not None:
         overrides["seed"] = seed
     if preset is None and not overrides:
@@ -226,9 +228,8 @@ def print_summary(stats: dict, failed: list, wall: float, asr: object, verbose: 
                                         "encoder": totals.get("encode", 0.0),
                                         "decoder": totals.get("decode", 0.0),
                                         "write": stats["write_s"]}.items()), highlight=False, soft_wrap=True)
-    for path, message in failed:
-        line = f"{path}: {message}" if str(path) not in message else message
-        err.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if failed:
+        err.print(f"[red]{len(failed)} file(s) failed[/] (listed above)", highlight=False)
 
 
 @app.command()

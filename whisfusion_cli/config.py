@@ -221,6 +221,14 @@ PRESETS: dict[str, DecodingOptions] = {
 DEFAULT_PRESET = "balanced"
 
 
+def default_schedule(steps: int) -> tuple[float, ...]:
+    """Re-mask fractions for `steps` passes when only the count is given: 1.0, then 0.9 falling
+    evenly to 0.8 (the presets' range)."""
+    if steps <= 1:
+        return (1.0,)
+    return (1.0,) + tuple(round(0.9 - 0.1 * i / max(1, steps - 2), 4) for i in range(steps - 1))
+
+
 def parse_schedule(text: str) -> tuple[float, ...]:
     """Parses '1.0,0.9,0.8' into a schedule tuple; raises ConfigError with a one-line message."""
     try:
