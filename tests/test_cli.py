@@ -380,7 +380,11 @@ def test_overrides_apply_to_the_models_own_default_preset(real_clips, tiny_token
     result = runner.invoke(app, ["transcribe", str(clip), "-m", str(ckpt), "-o", str(tmp_path), "-f", "json",
                                  "--seed", "3", "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / f"{clip.stem}.json").read_text())["preset"] == "k=5,steps=3"  # fast + seed
+    assert json.loads((tmp_path / f"{clip.stem}.json").read_text())["preset"] == "fast"  # a seed keeps the preset
+    result = runner.invoke(app, ["transcribe", str(clip), "-m", str(ckpt), "-o", str(tmp_path), "-f", "json",
+                                 "--k", "3", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / f"{clip.stem}.json").read_text())["preset"] == "k=3,steps=3"  # fast, k=3
 
 
 def test_completions_are_current(tmp_path) -> None:

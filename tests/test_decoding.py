@@ -140,3 +140,8 @@ def test_default_schedule_for_a_bare_step_count():
     s = default_schedule(8)
     assert len(s) == 8 and s[0] == 1.0 and s[1] == 0.9 and s[-1] == 0.8 and list(s[1:]) == sorted(s[1:], reverse=True)
     DecodingOptions(k=2, steps=8, schedule=s)  # valid
+
+
+def test_preset_name_ignores_the_seed():
+    assert DecodingOptions.from_preset("fast", seed=42).preset_name == "fast"
+    assert DecodingOptions.from_preset("fast", k=7).preset_name is None

@@ -207,6 +207,11 @@ class DecodingOptions:
         if self.remask not in ("low_confidence", "random"):
             raise ConfigError(f"remask must be 'low_confidence' or 'random', got {self.remask!r}")
 
+    @property
+    def preset_name(self) -> str | None:
+        """The preset these options are (whatever the seed), or None for a custom setting."""
+        return next((n for n, p in PRESETS.items() if replace(self, seed=p.seed) == p), None)
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DecodingOptions:
         return _from_table(PRESETS, "preset", name, overrides)

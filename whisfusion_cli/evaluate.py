@@ -35,7 +35,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import PRESETS, DecodingOptions
+from .config import DecodingOptions
 from .data import MAX_DURATION_S, Example
 from .errors import ConfigError, WhisfusionError
 
@@ -360,10 +360,6 @@ def _score(ex: Example, duration: float, result: WindowResult) -> Utterance:
                      tuple(result.candidates), result.confidence, result.n_tokens)
 
 
-def _preset_name(options: DecodingOptions | None) -> str | None:
-    return next((name for name, p in PRESETS.items() if p == options), None)
-
-
 def _report(model: ASRModel, options: DecodingOptions | None, eval_options: EvalOptions, n_examples: int,
             skipped: Counter, rows: tuple[Utterance, ...], timings: tuple[BatchTiming, ...]) -> EvalReport:
     subsets = list(dict.fromkeys(r.subset for r in rows))
@@ -371,7 +367,7 @@ def _report(model: ASRModel, options: DecodingOptions | None, eval_options: Eval
     by_subset_bucket = {s: {b: _summarize_where(rows, timings, s, b) for b in buckets
                             if any(r.subset == s and r.bucket == b for r in rows)} for s in subsets}
     return EvalReport(
-        model=model.name, engine=model.engine, preset=_preset_name(options), options=options,
+        model=model.name, engine=model.engine, preset=(options.preset_name if options else None), options=options,
         device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),
         batch_size=eval_options.batch_size, n_examples=n_examples, skipped=dict(skipped),
         overall=summarize(rows, timings), by_subset={s: _summarize_where(rows, timings, subset=s) for s in subsets},

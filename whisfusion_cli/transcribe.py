@@ -175,7 +175,7 @@ def _finish(state: _FileState, model: ASRModel, options: TranscribeOptions) -> F
     segments = tuple(Segment(i, w.start, w.end, state.results[i].text, state.results[i].confidence)
                      for i, w in enumerate(state.windows))
     decoding = options.decoding or model.options()  # None: the model's default preset (PDD) or AR
-    preset = None if decoding is None or model.engine != "pdd" else _preset_name(decoding)
+    preset = None if decoding is None or model.engine != "pdd" else _preset_label(decoding)
     transcript = Transcript(segments, len(state.audio) / SAMPLE_RATE, model=model.name, preset=preset,
                             timings={"load_s": round(state.load_s, 4)})
     warning = None if state.windows else ("no speech found (silent or empty audio)"
@@ -190,10 +190,8 @@ def _finish(state: _FileState, model: ASRModel, options: TranscribeOptions) -> F
     return FileDone(state.job, transcript, tuple(paths), warning=warning, write_s=time.perf_counter() - t0)
 
 
-def _preset_name(options: DecodingOptions) -> str:
-    from .config import PRESETS
-
-    return next((name for name, p in PRESETS.items() if p == options), f"k={options.k},steps={options.steps}")
+def _preset_label(options: DecodingOptions) -> str:
+    return options.preset_name or f"k={options.k},steps={options.steps}"
 
 
 def _run_batch(queue: list[tuple[_FileState, int]], model: ASRModel,
