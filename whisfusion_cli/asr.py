@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_spectrogram
+from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_windows
 from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
                          resolve_model_dir)
 from .config import DecodingOptions, WhisfusionConfig
@@ -55,16 +55,16 @@ class Stopwatch:
         self._last = 0.0
 
     def start(self) -> None:
-        self._sync()
+        self.sync()
         self._last = time.perf_counter()
 
     def lap(self, stage: str) -> None:
-        self._sync()
+        self.sync()
         now = time.perf_counter()
         self.totals[stage] = self.totals.get(stage, 0.0) + now - self._last
         self._last = now
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -84,10 +84,7 @@ class ASRModel:
 
     def mel(self, windows: Sequence[np.ndarray]) -> Tensor:
         """(B, n_mels, 3000) log-mel of B windows (each ≤ 30 s, zero-padded)."""
-        audio = torch.zeros(len(windows), 30 * SAMPLE_RATE)
-        for i, w in enumerate(windows):
-            audio[i, : len(w)] = torch.from_numpy(np.asarray(w[: 30 * SAMPLE_RATE], np.float32))
-        return log_mel_spectrogram(audio, self.n_mels, device=self.device).to(self.dtype)
+        return log_mel_windows(list(windows), self.n_mels, self.device).to(self.dtype)
 
     def encode(self, windows: Sequence[np.ndarray]) -> Tensor:
         """(B, 1500, C) encoder states; starts the stopwatch and times "mel" and "encode"."""

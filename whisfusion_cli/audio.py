@@ -155,3 +155,12 @@ def log_mel_spectrogram(audio: np.ndarray | torch.Tensor, n_mels: int = 80, pad:
     peak = log_spec.amax(dim=(-2, -1), keepdim=True)
     log_spec = torch.maximum(log_spec, peak - 8.0)
     return (log_spec + 4.0) / 4.0
+
+
+def log_mel_windows(clips: list[np.ndarray], n_mels: int = 80,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """(B, n_mels, N_FRAMES) log-mel of B clips of at most 30 s, each zero-padded to 30 s."""
+    audio = torch.zeros(len(clips), N_SAMPLES)
+    for i, clip in enumerate(clips):
+        audio[i, : len(clip)] = torch.from_numpy(np.asarray(clip[:N_SAMPLES], np.float32))
+    return log_mel_spectrogram(audio, n_mels, pad=False, device=device)

@@ -105,7 +105,7 @@ def _median_ms(fn: Callable[[], Any], asr: ASRModel, repeats: int, warmup: int) 
         asr.stopwatch.start()
         t0 = time.perf_counter()
         fn()
-        asr.stopwatch._sync()
+        asr.stopwatch.sync()
         total = (time.perf_counter() - t0) * 1e3
         tot = asr.stopwatch.totals
         enc, dec = 1e3 * (tot.get("mel", 0) + tot.get("encode", 0)), 1e3 * tot.get("decode", 0)

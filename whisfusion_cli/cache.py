@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .audio import N_SAMPLES, SAMPLE_RATE, audio_frames, load_audio, log_mel_spectrogram
+from .audio import N_SAMPLES, SAMPLE_RATE, audio_frames, load_audio, log_mel_windows
 from .data import Example
 from .errors import AudioError, WhisfusionError
 from .whisper import WhisperEncoder
@@ -202,10 +202,7 @@ def encode_clips(encoder: WhisperEncoder, clips: Sequence[np.ndarray]) -> list[T
     bf16 autocast on CUDA; the encoder's own dtype elsewhere.
     """
     param = encoder.conv1.weight
-    audio = torch.zeros(len(clips), N_SAMPLES)
-    for i, clip in enumerate(clips):
-        audio[i, : len(clip)] = torch.from_numpy(np.asarray(clip, np.float32))
-    mel = log_mel_spectrogram(audio, encoder.config.n_mels, device=param.device)  # (B, n_mels, 3000)
+    mel = log_mel_windows(list(clips), encoder.config.n_mels, param.device)  # (B, n_mels, 3000)
     with torch.autocast("cuda", torch.bfloat16, enabled=param.device.type == "cuda"):
         xa = encoder(mel.to(param.dtype))  # (B, 1500, C)
     return [xa[i, : audio_frames(len(clip))].to("cpu", torch.float16) for i, clip in enumerate(clips)]

@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DecoderConfig, EncoderConfig, WhisperMDMConfig
-from .whisper import WhisperEncoder
+from .whisper import KV, WhisperEncoder, audio_key_mask
 from .whisper_mdm import WhisperMDMDecoder
 
-KV = tuple[Tensor, Tensor, Tensor | None]  # keys, values (B, H, S, Dh) and a key mask (B, 1, 1, S)
 
 
 class RMSNorm(nn.Module):
@@ -192,9 +191,7 @@ class DiffusionDecoder(nn.Module):
             n_frames: (B,) frames of each window that hold audio (see `audio.audio_frames`); states
                 past it are masked out. None: attend to all S states.
         """
-        key_mask = None
-        if n_frames is not None:
-            key_mask = (torch.arange(xa.shape[1], device=xa.device) < n_frames[:, None])[:, None, None, :]
+        key_mask = audio_key_mask(n_frames, xa.shape[1])
         return [block.cross_attn.project_kv(xa, key_mask) for block in self.transformer.h]
 
     def forward(self, tokens: Tensor, cross_kv: list[KV]) -> Tensor:

@@ -17,6 +17,14 @@ from torch import Tensor, nn
 from .config import EncoderConfig, WhisperTextConfig
 
 KVCache = tuple[Tensor, Tensor]  # (B, H, T_max, Dh) each
+KV = tuple[Tensor, Tensor, Tensor | None]  # adapter keys, values (B, H, S, Dh) and a key mask (B, 1, 1, S)
+
+
+def audio_key_mask(n_frames: Tensor | None, n_states: int) -> Tensor | None:
+    """(B, 1, 1, S) True where a window's encoder state holds audio; None: attend to all S states."""
+    if n_frames is None:
+        return None
+    return (torch.arange(n_states, device=n_frames.device) < n_frames[:, None])[:, None, None, :]
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:

@@ -14,9 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from .config import WhisperMDMConfig
-from .whisper import DecoderLayer, LayerNorm
+from .whisper import KV, DecoderLayer, LayerNorm, audio_key_mask
 
-KV = tuple[Tensor, Tensor, Tensor | None]  # keys, values (B, H, S, Dh) and a key mask (B, 1, 1, S)
 
 
 class MDMLayer(DecoderLayer):
@@ -58,9 +57,7 @@ class WhisperMDMDecoder(nn.Module):
 
     def cross_kv(self, xa: Tensor, n_frames: Tensor | None = None) -> list[KV]:
         """Cross-attention keys/values per block, once per audio window; states past n_frames masked."""
-        key_mask = None
-        if n_frames is not None:
-            key_mask = (torch.arange(xa.shape[1], device=xa.device) < n_frames[:, None])[:, None, None, :]
+        key_mask = audio_key_mask(n_frames, xa.shape[1])
         return [(*layer.encoder_attn.project_kv(xa), key_mask) for layer in self.layers]
 
     def forward(self, tokens: Tensor, cross_kv: list[KV]) -> Tensor:
