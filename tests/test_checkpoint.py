@@ -33,12 +33,15 @@ def test_save_load_round_trip_gives_identical_pdd_output(tiny_model, tmp_path):
 
 def test_sharded_fp16_checkpoint(tiny_model, tmp_path):
     out = save_whisfusion(tiny_model.net, tiny_model.cfg, tiny_model.tokenizer, tmp_path / "ckpt",
-                          dtype=torch.float16, max_shard_bytes=200_000)
+                          dtype=torch.float16, max_shard_bytes=20_000)
     shards = sorted(out.glob("*.safetensors"))
-    assert len(shards) > 1 and all(s.stat().st_size < 400_000 for s in shards)
+    # tensors larger than a shard (the embedding, the head) are cut into row pieces: no file over the limit
+    assert len(shards) > 1 and all(s.stat().st_size < 20_000 + 8_000 for s in shards)  # + header
     loaded = load_model(out, device="cpu", dtype="fp32")
-    ref = tiny_model.net.state_dict()["decoder.lm_head.weight"]
-    assert torch.allclose(loaded.net.state_dict()["decoder.lm_head.weight"], ref, atol=1e-3)
+    big = tiny_model.net.state_dict()["decoder.lm_head.weight"]
+    assert big.numel() * 2 > 20_000
+    for name, ref in tiny_model.net.state_dict().items():
+        assert torch.allclose(loaded.net.state_dict()[name], ref.float(), atol=1e-3), name
 
 
 def test_save_overwrites_atomically(tiny_model, tmp_path):

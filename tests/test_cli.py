@@ -387,6 +387,41 @@ def test_overrides_apply_to_the_models_own_default_preset(real_clips, tiny_token
     assert json.loads((tmp_path / f"{clip.stem}.json").read_text())["preset"] == "k=3,steps=3"  # fast, k=3
 
 
+def test_model_tuned_presets_are_used_and_labelled(real_clips, tiny_tokenizer, tmp_path) -> None:
+    ckpt = _tiny_checkpoint(tiny_tokenizer, tmp_path / "tuned")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["presets"] = {"accurate": {"k": 2, "steps": 2, "schedule": [1.0, 0.5]}}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    clip = real_clips[2][0]
+    for extra, label, k in ((["-p", "accurate"], "accurate", 2), (["-p", "accurate", "--k", "3"], "k=3,steps=2", 3),
+                            (["-p", "fast"], "fast", 5)):
+        result = runner.invoke(app, ["transcribe", str(clip), "-m", str(ckpt), "-o", str(tmp_path), "-f", "json",
+                                     "--overwrite", *extra])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / f"{clip.stem}.json").read_text())["preset"] == label
+    from whisfusion_cli.asr import load_model
+
+    asr = load_model(ckpt, device="cpu")
+    assert (asr.options("accurate").k, asr.options("accurate").steps, asr.options("fast").steps) == (2, 2, 3)
+    assert asr.options("accurate", k=3).preset_name is None and asr.options("accurate", seed=4).preset_name == "accurate"
+
+
+@pytest.mark.slow
+def test_bundled_model_transcribes_a_real_clip_without_model_flag(real_clips) -> None:
+    from whisfusion_cli.cli import default_model
+
+    if default_model() is None:
+        pytest.skip("this install has no bundled model")
+    clip = next(c for c, text in real_clips if text.startswith("FOR A FULL HOUR"))
+    exe = shutil.which("whisfusion")
+    cmd = [exe] if exe else [sys.executable, "-m", "whisfusion_cli"]
+    proc = subprocess.run([*cmd, "transcribe", str(clip)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    words = jiwer.wer("for a full hour he had paced up and down waiting but he could wait no longer",
+                      re.sub(r"[^a-z ]", "", proc.stdout.lower()))
+    assert words <= 0.35, proc.stdout  # measured 1 error in 17 words (balanced); junk or stutter fails
+
+
 def test_completions_are_current(tmp_path) -> None:
     subprocess.run(["bash", str(ROOT / "scripts" / "gen_completions.sh"), str(tmp_path)], check=True,
                    timeout=60)

@@ -46,13 +46,48 @@ def test_presets_are_the_papers():
 @pytest.mark.parametrize("rule", ["low_confidence", "random"])
 def test_step_count_and_remask_fractions(rule):
     dec = Recorder(peaked)
-    opts = DecodingOptions(k=4, steps=3, schedule=(1.0, 0.9, 0.5), remask=rule)
+    opts = DecodingOptions(k=4, steps=3, schedule=(1.0, 0.9, 0.5), remask=rule, scope="canvas")
     out = pdd(dec, n_windows=3, canvas_len=20, mask_id=MASK, eos_id=EOS, options=opts, device=CPU)
     assert out.n_forward == 3 and len(dec.calls) == 3
     assert [c.shape for c in dec.calls] == [(12, 20)] * 3  # windows x candidates in one batch
     masked_per_row = [(c == MASK).sum(1) for c in dec.calls]
     assert (masked_per_row[0] == 20).all() and (masked_per_row[1] == 18).all() and (masked_per_row[2] == 10).all()
     assert not (out.candidates == MASK).any()
+
+
+@pytest.mark.parametrize("rule", ["low_confidence", "random"])
+def test_text_scope_remasks_a_fraction_of_the_predicted_text_only(rule):
+    """6 text tokens + their end-of-text = a scope of 7: rho 0.9 -> 6, 0.5 -> 4 (round half to even);
+    the 13 confident padding positions are never re-masked."""
+    dec = Recorder(peaked)
+    opts = DecodingOptions(k=4, steps=3, schedule=(1.0, 0.9, 0.5), remask=rule, scope="text")
+    out = pdd(dec, n_windows=3, canvas_len=20, mask_id=MASK, eos_id=EOS, options=opts, device=CPU)
+    masked_per_row = [(c == MASK).sum(1) for c in dec.calls]
+    assert (masked_per_row[1] == 6).all() and (masked_per_row[2] == 4).all()
+    assert not (dec.calls[1][:, 7:] == MASK).any() and not (dec.calls[2][:, 7:] == MASK).any()
+    assert (out.candidates[..., 7:] == EOS).all()
+
+
+def test_text_scope_keeps_doubtful_padding_open():
+    """Padding predicted with probability < DOUBT counts as text: the length can still grow."""
+    def unsure_tail(canvas):
+        logits = peaked(canvas).clone()
+        logits[:, 6:, :] = 0.0  # after the text: flat over the vocabulary (EOS not confident)
+        logits[:, 6:, EOS] = 1.0
+        return logits
+
+    dec = Recorder(unsure_tail)
+    opts = DecodingOptions(k=1, steps=2, schedule=(1.0, 0.5), scope="text")
+    pdd(dec, 1, 20, MASK, EOS, opts, CPU)
+    assert (dec.calls[1] == MASK).sum() == 10  # 0.5 x (6 text + 14 doubtful padding)
+
+
+def test_dedupe_merges_only_unsure_adjacent_repeats():
+    ids = [5, 5, 6, 7, 7, 8, EOS, 9]
+    conf = [0.9, 0.3, 0.9, 0.95, 0.97, 0.9, 1.0, 1.0]
+    assert canvas_to_ids(ids, EOS, None, conf, dedupe=0.5) == [5, 6, 7, 7, 8]  # 7 7: both confident
+    assert canvas_to_ids(ids, EOS, None, conf, dedupe=0.0) == [5, 5, 6, 7, 7, 8]
+    assert canvas_to_ids([5, 5, 5], EOS, None, [0.9, 0.2, 0.9], dedupe=0.5) == [5]  # a run of three
 
 
 def test_candidates_are_window_major_batches():

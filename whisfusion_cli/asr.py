@@ -145,7 +145,7 @@ class WhisfusionASR(ASRModel):
         self.graphs = GraphedDecoder(self.net.decoder) if enabled and self.device.type == "cuda" else None
 
     def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions:
-        return DecodingOptions.from_preset(preset or self.cfg.default_preset, **overrides)
+        return self.cfg.decoding_options(preset, **overrides)
 
     @torch.inference_mode()
     def decode_windows(self, windows: Sequence[np.ndarray],
@@ -163,8 +163,9 @@ class WhisfusionASR(ASRModel):
         out = pdd(self._decoder_fn(xa, n_frames, len(windows) * options.k, canvas_len), len(windows),
                   canvas_len, self.cfg.decoder.mask_id, self.cfg.eos_id, options, self.device)
         self.stopwatch.lap("decode")
-        return [self._result(out.tokens[i], float(out.confidence[i]), out.candidates[i])
-                for i in range(len(windows))]
+        best = out.candidate_confidence.argmax(-1).tolist()
+        return [self._result(out.candidates[i], out.token_confidence[i], best[i], float(out.confidence[i]),
+                             options.dedupe) for i in range(len(windows))]
 
     def _decoder_fn(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int):  # -> DecoderFn
         """canvas -> logits for this batch; adapter K/V computed once, here, for all k x N passes."""
@@ -173,11 +174,13 @@ class WhisfusionASR(ASRModel):
         cross_kv = self.net.decoder.cross_kv(xa, n_frames)
         return lambda canvas: self.net.decoder(canvas, cross_kv)
 
-    def _result(self, tokens: Tensor, confidence: float, candidates: Tensor) -> WindowResult:
+    def _result(self, candidates: Tensor, token_conf: Tensor, best: int, confidence: float,
+                dedupe: float) -> WindowResult:
+        """candidates (k, L) and their token probabilities (k, L) -> the best one's text and all k texts."""
         eos, limit = self.cfg.eos_id, self.tokenizer.vocab_size
-        ids = canvas_to_ids(tokens, eos, limit)
-        texts = tuple(self.tokenizer.decode(canvas_to_ids(c, eos, limit)) for c in candidates)
-        return WindowResult(self.tokenizer.decode(ids), confidence, texts, len(ids))
+        ids = [canvas_to_ids(c, eos, limit, p, dedupe) for c, p in zip(candidates, token_conf)]
+        texts = tuple(self.tokenizer.decode(x) for x in ids)
+        return WindowResult(texts[best], confidence, texts, len(ids[best]))
 
 
 class WhisperASR(ASRModel):

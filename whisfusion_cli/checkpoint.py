@@ -89,6 +89,20 @@ def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
+    return _join_pieces(state)
+
+
+PIECE = "@piece"  # "name@piece3": rows of a tensor too large for one shard (see _shards)
+
+
+def _join_pieces(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Concatenates the row pieces `_shards` cut a large tensor into, in piece order."""
+    pieces: dict[str, dict[int, torch.Tensor]] = {}
+    for name in [k for k in state if PIECE in k]:
+        base, i = name.rsplit(PIECE, 1)
+        pieces.setdefault(base, {})[int(i)] = state.pop(name)
+    for base, parts in pieces.items():
+        state[base] = torch.cat([parts[i] for i in range(len(parts))])
     return state
 
 
@@ -135,10 +149,24 @@ def load_whisfusion(model_dir: Path, device: torch.device,
     return model.to(device=device, dtype=dtype).eval(), cfg, tokenizer
 
 
+def _cut(state: dict[str, torch.Tensor], max_bytes: int) -> dict[str, torch.Tensor]:
+    """Tensors over max_bytes cut into row pieces `name@pieceN` (joined again by load_weights)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if nbytes <= max_bytes or t.ndim == 0:
+            out[name] = t
+            continue
+        rows = max(1, max_bytes * t.shape[0] // nbytes)
+        out.update({f"{name}{PIECE}{i}": part for i, part in enumerate(t.split(rows))})
+    return out
+
+
 def _shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -> list[dict[str, torch.Tensor]]:
+    """Consecutive tensors grouped into shards of at most max_shard_bytes each (larger tensors cut)."""
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
-    for name, t in state.items():
+    for name, t in (_cut(state, max_shard_bytes) if max_shard_bytes else state).items():
         nbytes = t.numel() * t.element_size()
         if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
@@ -168,6 +196,11 @@ def save_whisfusion(model: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokeniz
             save_file(shard, str(tmp / name), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         tokenizer.save(tmp / "tokenizer.json")
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():
+            f.chmod(0o666 & ~umask)  # mkdtemp made the folder private; a checkpoint is not
+        tmp.chmod(0o777 & ~umask)
         publish(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
@@ -45,23 +45,30 @@ def default_model() -> str | None:
     return str(bundled) if (bundled / "config.json").is_file() else None
 
 
-def decoding_options(preset: str | None, k: int | None, steps: int | None, schedule: str | None,
-                     seed: int | None) -> DecodingOptions | None:
-    """Preset + explicit overrides; raises WhisfusionError for a bad combination."""
-    overrides: dict[str, object] = {}
+def decoding_overrides(k: int | None, steps: int | None, schedule: str | None, seed: int | None) -> dict[str, Any]:
+    """DecodingOptions fields the user set explicitly; raises WhisfusionError for a bad schedule."""
+    overrides: dict[str, Any] = {}
     if k is not None:
         overrides["k"] = k
     if schedule is not None:
         overrides["schedule"] = parse_schedule(schedule)
-        overrides["steps"] = len(overrides["schedule"])  # type: ignore[arg-type]
+        overrides["steps"] = len(overrides["schedule"])
     if steps is not None:
         overrides["steps"] = steps
         if schedule is None:
             overrides["schedule"] = default_schedule(steps)
     if seed is not None:
         overrides["seed"] = seed
+    return overrides
+
+
+def decoding_options(preset: str | None, overrides: dict[str, Any], model_cfg: Any = None) -> DecodingOptions | None:
+    """Preset + overrides as the loaded model tunes its presets (model_cfg: its WhisfusionConfig), else
+    the paper's; None (nothing asked for): the model's default. Raises WhisfusionError when invalid."""
     if preset is None and not overrides:
         return None
+    if model_cfg is not None:
+        return model_cfg.decoding_options(preset, **overrides)
     return DecodingOptions.from_preset(preset or DEFAULT_PRESET, **overrides)
 
 
@@ -88,8 +95,9 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Model directory or Hugging Face repo id; a plain Whisper checkpoint runs the "
                           "autoregressive baseline. Default: the bundled model.")]
 PresetOpt = Annotated[Optional[str], typer.Option(
-    "--preset", "-p", help=f"PDD preset: {', '.join(f'{n} (k={p.k}, N={p.steps})' for n, p in PRESETS.items())}. "
-                           "Default: the model's.")]
+    "--preset", "-p", help=f"PDD preset: {', '.join(f'{n} (k={p.k}, N={p.steps})' for n, p in PRESETS.items())} "
+                           "as in the paper; a model may tune them in its config.json (the bundled one decodes "
+                           "with N=4/8/8 steps, see its MODEL_CARD.md). Default: the model's.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cuda or cpu.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
 
@@ -126,7 +134,8 @@ def transcribe(
     setup_logging(quiet, verbose)
     try:
         fmts = parse_formats(formats)
-        options = decoding_options(preset, k, steps, schedule, seed)
+        overrides = decoding_overrides(k, steps, schedule, seed)
+        options = decoding_options(preset, overrides)  # checked now; resolved against the model below
         model = model or default_model()
         if model is None:
             raise fail("no bundled model in this install; pass --model DIR|REPO "
@@ -144,8 +153,8 @@ def transcribe(
 
     try:
         asr = load_model(model, device, dtype)
-        if preset is None and options is not None and isinstance(asr, WhisfusionASR):
-            options = decoding_options(asr.cfg.default_preset, k, steps, schedule, seed)  # the model's preset
+        if options is not None and isinstance(asr, WhisfusionASR):
+            options = decoding_options(preset, overrides, asr.cfg)  # the model's own presets
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
     topts = TranscribeOptions(fmts, overwrite or to_stdout, batch_size, not to_stdout, options)
@@ -387,8 +396,10 @@ def run_eval(examples: list, skipped: object, model: str | None, preset: str | N
     if model is None:
         raise fail("no bundled model in this install; pass --model DIR|REPO", 2)
     try:
-        options = decoding_options(preset, None, None, None, None)
+        options = decoding_options(preset, {})
         asr = load_model(model, device, dtype)
+        if options is not None and asr.engine == "pdd":
+            options = decoding_options(preset, {}, asr.cfg)  # type: ignore[attr-defined]
         eopts = EvalOptions(batch_size=batch_size, limit=limit, options=options)
     except WhisfusionError as e:
         raise fail(str(e), 2) from None

@@ -156,6 +156,7 @@ class WhisperMDMConfig:
     prefix: tuple[int, ...] = ()
     max_seq_len: int = 256  # canvas length limit (<= n_text_ctx - len(prefix))
     family: str = "whisper-mdm"
+    shift: bool = True  # canvas token i is read from the state one position back, as the AR head did
 
     @property
     def mask_id(self) -> int:
@@ -176,6 +177,7 @@ class WhisperMDMConfig:
 
 
 RemaskRule = Literal["low_confidence", "random"]
+RemaskScope = Literal["text", "canvas"]
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,12 @@ class DecodingOptions:
     temperature: float = 1.0  # sampling temperature of the first step (candidate 0 is always greedy)
     canvas_len: int | None = None  # None: adaptive, from the window's duration (decoding.canvas_length)
     seed: int | None = 0
+    # "text": rho_t applies to each candidate's text as the last step predicted its length (positions
+    # before its first end-of-text, that end, and any padding predicted with doubt); "canvas": to
+    # every position, padding included (then the kept tokens are mostly confident padding)
+    scope: RemaskScope = "text"
+    dedupe: float = 0.5  # adjacent repeated tokens merge when either's confidence is below this (0: off)
+    preset: str | None = field(default=None, compare=False)  # the name it was built from (a label only)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -206,15 +214,25 @@ class DecodingOptions:
             raise ConfigError(f"schedule must start at 1.0 and stay in (0, 1], got {list(self.schedule)}")
         if self.remask not in ("low_confidence", "random"):
             raise ConfigError(f"remask must be 'low_confidence' or 'random', got {self.remask!r}")
+        if self.scope not in ("text", "canvas"):
+            raise ConfigError(f"scope must be 'text' or 'canvas', got {self.scope!r}")
+        if not 0.0 <= self.dedupe <= 1.0:
+            raise ConfigError(f"dedupe must be in [0, 1], got {self.dedupe}")
 
     @property
     def preset_name(self) -> str | None:
         """The preset these options are (whatever the seed), or None for a custom setting."""
-        return next((n for n, p in PRESETS.items() if replace(self, seed=p.seed) == p), None)
+        return self.preset or next((n for n, p in PRESETS.items() if replace(self, seed=p.seed) == p), None)
+
+    def with_overrides(self, **overrides: Any) -> DecodingOptions:
+        """These options with some fields changed; the preset label goes if k, steps or schedule change."""
+        out = replace(self, **overrides)
+        same = (out.k, out.steps, out.schedule) == (self.k, self.steps, self.schedule)
+        return out if same else replace(out, preset=None)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DecodingOptions:
-        return _from_table(PRESETS, "preset", name, overrides)
+        return replace(_from_table(PRESETS, "preset", name, {}), preset=name).with_overrides(**overrides)
 
 
 PRESETS: dict[str, DecodingOptions] = {
@@ -255,9 +273,18 @@ class WhisfusionConfig:
     tokenizer_kind: str = "bpe"
     default_preset: str = DEFAULT_PRESET
     model_type: str = "whisfusion"
+    # this model's own settings for preset names (fields of DecodingOptions), measured on it; a name
+    # not listed here is the paper's preset (PRESETS)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def decoding_options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions:
+        """Options for a preset name (default: this model's default) as this model tunes it, plus overrides."""
+        name = preset or self.default_preset
+        tuned = {k: tuple(v) if isinstance(v, list) else v for k, v in self.presets.get(name, {}).items()}
+        return replace(DecodingOptions.from_preset(name).with_overrides(**tuned), preset=name).with_overrides(**overrides)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WhisfusionConfig:
@@ -268,6 +295,7 @@ class WhisfusionConfig:
             eos_id=int(data["eos_id"]),
             tokenizer_kind=data.get("tokenizer_kind", "bpe"),
             default_preset=data.get("default_preset", DEFAULT_PRESET),
+            presets={name: dict(fields) for name, fields in data.get("presets", {}).items()},
         )
 
 

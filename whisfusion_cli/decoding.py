@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .config import DecodingOptions
-from .diffusion import select_remask
+from .diffusion import select_remask, select_remask_scoped
 
 DecoderFn = Callable[[Tensor], Tensor]  # canvas (B*k, L) -> logits (B*k, L, V)
 TOKENS_PER_SECOND = 8  # canvas positions per second of audio: well above fast speech (~5 tokens/s)
@@ -45,6 +45,7 @@ class PDDOutput:
     candidates: Tensor  # (B, k, L) every candidate
     candidate_confidence: Tensor  # (B, k)
     n_forward: int  # decoder passes made (= steps)
+    token_confidence: Tensor | None = None  # (B, k, L) each candidate token's probability
 
 
 def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
@@ -112,19 +113,40 @@ def pdd(decoder: DecoderFn, n_windows: int, canvas_len: int, mask_id: int, eos_i
     confidence = torch.zeros(n, canvas_len, device=device)
     for step, rho in enumerate(options.schedule):
         if step > 0:
-            remask = select_remask(confidence, round(rho * canvas_len), options.remask, generator)
+            if options.scope == "text":
+                remask = select_remask_scoped(canvas, confidence, rho, options.remask, eos_id, generator)
+            else:
+                remask = select_remask(confidence, round(rho * canvas_len), options.remask, generator)
             canvas = canvas.masked_fill(remask, mask_id)
         canvas, confidence = predict(decoder, canvas, confidence, mask_id, step == 0, k, options, generator)
     scores = mean_confidence(canvas, confidence, eos_id).view(n_windows, k)
     best = scores.argmax(-1)  # (B,)
     candidates = canvas.view(n_windows, k, canvas_len)
     rows = torch.arange(n_windows, device=device)
-    return PDDOutput(candidates[rows, best], scores[rows, best], candidates, scores, len(options.schedule))
+    return PDDOutput(candidates[rows, best], scores[rows, best], candidates, scores, len(options.schedule),
+                     confidence.view(n_windows, k, canvas_len))
 
 
-def canvas_to_ids(row: Tensor | list[int], eos_id: int, vocab_limit: int | None = None) -> list[int]:
-    """The transcript's ids: everything before the first end-of-text, ids the tokenizer lacks dropped."""
+def canvas_to_ids(row: Tensor | list[int], eos_id: int, vocab_limit: int | None = None,
+                  confidence: Tensor | list[float] | None = None, dedupe: float = 0.0) -> list[int]:
+    """The transcript's ids: everything before the first end-of-text, ids the tokenizer lacks dropped.
+
+    With `confidence` (the row's token probabilities) and dedupe > 0, a token equal to the one
+    before it is dropped when either of the two was predicted with probability below `dedupe`:
+    parallel prediction's stutter ("fat fat pieces") goes, a confident real repeat ("had had") stays.
+    """
     ids = row.tolist() if isinstance(row, Tensor) else list(row)
-    if eos_id in ids:
-        ids = ids[: ids.index(eos_id)]
-    return [i for i in ids if vocab_limit is None or i < vocab_limit]
+    conf = (confidence.tolist() if isinstance(confidence, Tensor) else list(confidence)) \
+        if confidence is not None else [1.0] * len(ids)
+    end = ids.index(eos_id) if eos_id in ids else len(ids)
+    out: list[int] = []
+    last_conf = 1.0
+    for i, c in zip(ids[:end], conf[:end]):
+        if vocab_limit is not None and i >= vocab_limit:
+            continue
+        if out and i == out[-1] and min(c, last_conf) < dedupe:
+            last_conf = min(c, last_conf)  # one unsure member merges the whole run
+            continue
+        out.append(i)
+        last_conf = c
+    return out

@@ -12,6 +12,8 @@ from torch import Tensor
 
 from .config import RemaskRule
 
+DOUBT = 0.9  # padding predicted with less confidence than this stays open to re-masking
+
 
 def forward_process(x0: Tensor, mask_id: int, t_min: float = 0.0, t_max: float = 1.0,
                     generator: torch.Generator | None = None, eps: float = 1e-3) -> tuple[Tensor, Tensor, Tensor]:
@@ -66,3 +68,21 @@ def select_remask(confidence: Tensor, n_remask: int, rule: RemaskRule,
     score = confidence + 1e-6 * noise if rule == "low_confidence" else noise  # noise breaks ties
     idx = score.topk(n_remask, dim=-1, largest=False).indices
     return torch.zeros_like(confidence, dtype=torch.bool).scatter_(1, idx, True)
+
+
+def select_remask_scoped(canvas: Tensor, confidence: Tensor, fraction: float, rule: RemaskRule, eos_id: int,
+                         generator: torch.Generator | None = None) -> Tensor:
+    """Like `select_remask`, but the fraction applies to each row's text as predicted so far.
+
+    The scope of a row is its positions before its first end-of-text, that end-of-text, and any
+    padding predicted with confidence below DOUBT: the end-of-text prediction is the length
+    estimate, and confident padding is never re-masked nor counted. Row r re-masks
+    round(fraction * |scope_r|) positions; shapes stay static (no host sync).
+    """
+    is_eos = (canvas == eos_id).int()
+    scope = ((is_eos.cumsum(-1) - is_eos) == 0) | (confidence < DOUBT)  # (N, L)
+    count = (fraction * scope.sum(-1)).round()  # (N,)
+    noise = torch.rand(confidence.shape, device=confidence.device, generator=generator)
+    score = confidence + 1e-6 * noise if rule == "low_confidence" else noise
+    rank = score.masked_fill(~scope, float("inf")).argsort(-1).argsort(-1)  # 0 = first to re-mask
+    return rank < count[:, None]

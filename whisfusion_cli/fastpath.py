@@ -19,7 +19,9 @@ from torch import Tensor
 
 from .model import KV, DiffusionDecoder
 
-MAX_GRAPHS = 24  # captured shapes kept (least recently used evicted): bounds GPU memory
+MAX_GRAPHS = 24  # captured shapes kept (least recently used evicted)
+MAX_GRAPH_MEMORY = 0.25  # ... and their static logits held to this share of the GPU's memory: with a
+# 51,865-token vocabulary one (240 x 256) canvas alone holds 6.4 GB of bf16 logits
 
 
 @dataclass
@@ -30,6 +32,10 @@ class _Captured:
     kv_graph: torch.cuda.CUDAGraph
     fwd_graph: torch.cuda.CUDAGraph
     logits: Tensor  # (N, L, V) static output, overwritten by every replay
+
+    @property
+    def nbytes(self) -> int:
+        return self.logits.numel() * self.logits.element_size()
 
     def run(self, canvas: Tensor) -> Tensor:
         self.canvas.copy_(canvas)
@@ -47,10 +53,18 @@ class GraphedDecoder:
     def prepare(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int):  # -> DecoderFn
         """Loads this batch's audio states and returns canvas (n_rows, L) -> logits (static buffer)."""
         key = (*xa.shape, n_rows, canvas_len)
-        g = self.graphs.pop(key, None) or self._capture(xa, n_frames, n_rows, canvas_len)
+        g = self.graphs.pop(key, None)
+        if g is None:
+            budget = MAX_GRAPH_MEMORY * torch.cuda.get_device_properties(xa.device).total_memory
+            need = n_rows * canvas_len * self.decoder.config.vocab_size * xa.element_size()
+            while self.graphs and (len(self.graphs) >= MAX_GRAPHS
+                                   or sum(c.nbytes for c in self.graphs.values()) + need > budget):
+                self.graphs.popitem(last=False)  # least recently used first
+            if need > budget:  # too large to keep captured: eager for this shape
+                cross_kv = self.decoder.cross_kv(xa, n_frames)
+                return lambda canvas: self.decoder(canvas, cross_kv)
+            g = self._capture(xa, n_frames, n_rows, canvas_len)
         self.graphs[key] = g
-        while len(self.graphs) > MAX_GRAPHS:
-            self.graphs.popitem(last=False)
         g.xa.copy_(xa)
         g.n_frames.copy_(n_frames)
         g.kv_graph.replay()

@@ -49,6 +49,11 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.hf.encode(text, add_special_tokens=False).ids
 
+    def encode_transcripts(self, texts: Iterable[str]) -> list[list[int]]:
+        """Ids of transcripts as the decoder writes them: Whisper's start with a space (" He hoped")."""
+        texts = [" " + t.strip() if self.kind == "whisper" else t for t in texts]
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=True).strip()
 

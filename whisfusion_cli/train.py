@@ -271,7 +271,7 @@ def _split(cache_dir: Path, keys: list[str], tokenizer: Tokenizer, max_len: int)
     """Tokenised clips; those whose ids + end-of-text overflow the canvas limit are dropped."""
     cache = FeatureCache(cache_dir, keys)
     texts = [e.text for e in cache.entries]
-    ids = [e.ids for e in tokenizer.hf.encode_batch(texts, add_special_tokens=False)]
+    ids = tokenizer.encode_transcripts(texts)
     fits = [i for i, x in enumerate(ids) if len(x) < max_len]
     if len(fits) < len(ids):
         log.warning("%d clips have more than %d tokens: left out", len(ids) - len(fits), max_len - 1)

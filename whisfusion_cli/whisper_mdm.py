@@ -62,12 +62,12 @@ class WhisperMDMDecoder(nn.Module):
 
     def forward(self, tokens: Tensor, cross_kv: list[KV]) -> Tensor:
         n, length = tokens.shape
-        p = self.prefix.shape[0]
+        p = self.prefix.shape[0]  # >= 1 (<|startoftranscript|>), so a shifted read stays inside
         full = torch.cat([self.prefix.expand(n, p), tokens], dim=1)  # (N, P + L)
         x = self.embed_tokens(full) + self.embed_positions.weight[: p + length]
         for layer, kv in zip(self.layers, cross_kv):
             x = layer(x, kv)
-        x = self.layer_norm(x[:, p:])
+        x = self.layer_norm(x[:, p - 1: p - 1 + length] if self.config.shift and p else x[:, p:])  # (N, L, C)
         return x @ self.embed_tokens.weight[: self.config.n_vocab].T  # tied head; [MASK] never predicted
 
     def init_buffers(self) -> None:

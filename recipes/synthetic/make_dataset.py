@@ -37,9 +37,13 @@ import voices as tts
 
 MAX_CLIP_S, MIN_CLIP_S = 30.0, 0.3  # clips outside are skipped
 PLAN_WORDS_PER_S = 2.85  # words per second of audio, measured over the default voice mix + augmentation
+# ffmpeg codec flags per output format: FLAC is lossless; Ogg Opus at 16 kb/s is ~10x smaller (for
+# moving hours of speech through a narrow pipe, e.g. to a GPU machine)
+CODECS = {".flac": ["-c:a", "flac"], ".ogg": ["-c:a", "libopus", "-b:a", "16k", "-application", "voip"]}
 SHARD_SIZE = 1000  # clips per audio folder
 SPLITS = {"train": 1, "val": 2, "test_voices": 3}  # split -> code in the per-item seed
 MANIFESTS = {"train": "train.jsonl", "val": "val.jsonl", "test_voices": "test_voices.jsonl"}
+PROGRESS = "progress.jsonl"  # rows appended as clips finish (see render_all)
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,8 @@ def plan(lines: list[str], books: list[texts.Book], args: argparse.Namespace, tr
     train_utts, dropped_a = texts.utterances(lines, [b for b in books if b.index not in held], args.seed, grams)
     held_utts, dropped_b = texts.utterances(lines, [b for b in books if b.index in held], args.seed, grams)
     wps = args.words_per_second
-    train = select(train_utts, args.hours, np.random.default_rng([args.seed, 0x5E1, 1]), wps)
+    stream = [args.seed, 0x5E1, 1] + ([args.text_stream] if args.text_stream else [])
+    train = select(train_utts, args.hours, np.random.default_rng(stream), wps)
     held_pick = select(held_utts, args.val_hours + args.test_hours, np.random.default_rng([args.seed, 0x5E1, 2]), wps)
     n_val = next((i + 1 for i, s in enumerate(np.cumsum([u.n_words for u in held_pick]))
                   if s >= args.val_hours * 3600 * wps), len(held_pick))
@@ -137,7 +142,10 @@ def clip_seconds(path: Path) -> float:
     if path.suffix == ".wav":
         with wave.open(str(path)) as w:
             return w.getnframes() / w.getframerate()
-    return flac_samples(path) / augment.SAMPLE_RATE
+    if path.suffix == ".flac":
+        return flac_samples(path) / augment.SAMPLE_RATE
+    cmd = ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)]
+    return float(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
 
 
 def write_audio(path: Path, audio: np.ndarray) -> None:
@@ -153,7 +161,7 @@ def write_audio(path: Path, audio: np.ndarray) -> None:
             w.writeframes(pcm.tobytes())
     else:
         cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "s16le", "-ar", str(augment.SAMPLE_RATE),
-               "-ac", "1", "-i", "pipe:0", "-c:a", "flac", "-bitexact", "-fflags", "+bitexact", str(tmp)]
+               "-ac", "1", "-i", "pipe:0", *CODECS[path.suffix], "-bitexact", "-fflags", "+bitexact", str(tmp)]
         proc = subprocess.run(cmd, input=pcm.tobytes(), capture_output=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg: {proc.stderr.decode(errors='replace').strip()}")
@@ -189,14 +197,31 @@ def _init_worker() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def manifest_row(it: Item, duration: float) -> str:
+    row = {"audio": it.audio, "text": it.text, "duration": duration, "voice": it.voice,
+           "engine": tts.BY_ID[it.voice].engine, "tts": it.tts, "aug": it.aug, "book": it.book, "line": it.line}
+    return json.dumps(row, ensure_ascii=False)
+
+
 def render_all(items: list[Item], out_dir: Path, workers: int) -> list[Result]:
-    """Renders every item with a process pool; results come back in plan order."""
-    jobs = [(it, str(out_dir)) for it in items]
+    """Renders every item with a process pool, held-out splits dispatched first (small, and what a
+    trainer that reads a growing dataset validates on); results come back in plan order.
+
+    Each finished clip is appended at once to `progress.jsonl` (its manifest row plus "split"), so a
+    trainer can start on a dataset still being made and a cut-off run keeps what it rendered.
+    """
+    jobs = sorted(((it, str(out_dir)) for it in items), key=lambda j: j[0].split == "train")
+    by_key = {(it.split, it.index): it for it in items}
     results, t0, last = [], time.time(), 0.0
     ctx = mp.get_context("spawn")  # no fork after onnxruntime/torch threads exist
-    with ctx.Pool(max(1, workers), initializer=_init_worker) as pool:
+    with ctx.Pool(max(1, workers), initializer=_init_worker) as pool, \
+            open(out_dir / PROGRESS, "w", encoding="utf-8") as progress:
         for r in pool.imap_unordered(render, jobs, chunksize=4):
             results.append(r)
+            if r.duration is not None:
+                row = json.loads(manifest_row(by_key[(r.split, r.index)], r.duration))
+                progress.write(json.dumps({"split": r.split, **row}, ensure_ascii=False) + "\n")
+                progress.flush()
             if time.time() - last > 30 or len(results) == len(jobs):
                 last = time.time()
                 print(f"  {len(results)}/{len(jobs)} clips, {time.time() - t0:.0f} s", file=sys.stderr)
@@ -209,11 +234,8 @@ def render_all(items: list[Item], out_dir: Path, workers: int) -> list[Result]:
 def write_manifests(items: list[Item], results: list[Result], out_dir: Path) -> None:
     rows: dict[str, list[str]] = {s: [] for s in SPLITS}
     for it, r in zip(items, results):
-        if r.duration is None:
-            continue
-        row = {"audio": it.audio, "text": it.text, "duration": r.duration, "voice": it.voice,
-               "engine": tts.BY_ID[it.voice].engine, "tts": it.tts, "aug": it.aug, "book": it.book, "line": it.line}
-        rows[it.split].append(json.dumps(row, ensure_ascii=False))
+        if r.duration is not None:
+            rows[it.split].append(manifest_row(it, r.duration))
     for split, lines in rows.items():
         tmp = out_dir / (MANIFESTS[split] + ".part")
         tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -294,12 +316,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-hours", type=float, help="held-out-text hours [default: min(2, 1%% of --hours)]")
     p.add_argument("--test-hours", type=float, help="held-out-voice hours [default: as --val-hours]")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text-stream", type=int, default=0,
+                   help="another draw of training texts with the same held-out books (for a second dataset "
+                        "that must not repeat the first one's texts)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--voices", nargs="+", help="voice ids or engine names [default: every voice that runs here]")
     p.add_argument("--test-voices", nargs="+", help="held-out voice ids or engines [default: the table's held-out]")
     p.add_argument("--eval-transcripts", nargs="*", default=[], type=Path,
                    help="folders searched for *.trans.txt; utterances sharing an 8-word run are dropped")
-    p.add_argument("--format", choices=["flac", "wav"], default="flac")
+    p.add_argument("--format", choices=["flac", "wav", "ogg"], default="flac",
+                   help="flac: lossless; wav: no ffmpeg needed; ogg: Opus 16 kb/s, ~10x smaller than flac")
     args = p.parse_args(argv)
     args.val_hours = min(2.0, 0.01 * args.hours) if args.val_hours is None else args.val_hours
     args.test_hours = args.val_hours if args.test_hours is None else args.test_hours
@@ -317,8 +343,8 @@ def check_config(out_dir: Path, config: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    if args.format == "flac" and not shutil.which("ffmpeg"):
-        sys.exit("--format flac needs ffmpeg on PATH (or use --format wav)")
+    if args.format != "wav" and not shutil.which("ffmpeg"):
+        sys.exit(f"--format {args.format} needs ffmpeg on PATH (or use --format wav)")
     t0 = time.time()
     train_voices, test_voices, missing = pick_voices(args.voices, args.test_voices, args.workers)
     for vid, why in missing.items():
@@ -332,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     config = {"books": args.books.name, "n_books": len(books), "seed": args.seed, "hours": args.hours,
               "val_hours": args.val_hours, "test_hours": args.test_hours, "format": args.format,
-              "words_per_second": args.words_per_second,
+              "words_per_second": args.words_per_second, "text_stream": args.text_stream,
               "train_voices": [v.id for v in train_voices], "test_voices": [v.id for v in test_voices],
               "eval_transcripts": sorted(str(p) for p in args.eval_transcripts), **facts}
     check_config(args.out, config)

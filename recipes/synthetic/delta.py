@@ -1,0 +1,89 @@
+"""Moves a trained whisper-mdm checkpoint through a narrow pipe as what training changed.
+
+The encoder and the tied embedding stay frozen in `stream_train.py` (all but the [MASK] row), so a
+trained model is its Whisper checkpoint plus a delta: every other decoder tensor and the [MASK]
+row, ~51 MB in fp16 for whisper-base instead of 145 MB.
+
+    python recipes/synthetic/delta.py extract /tmp/run/model OUT_DIR          # on the GPU machine
+    python recipes/synthetic/delta.py apply WHISPER_DIR OUT_DIR MODEL_DIR --presets presets.json  # here
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from whisfusion_cli.checkpoint import _shards, init_from_whisper, load_weights, read_config, save_whisfusion  # noqa: E402
+from whisfusion_cli.config import WhisfusionConfig  # noqa: E402
+
+EMBED = "decoder.embed_tokens.weight"
+MASK_ROW = "decoder.embed_tokens.mask_row"
+
+
+def extract(model_dir: Path, out: Path, max_bytes: int = 14 << 20) -> list[Path]:
+    """The decoder tensors a frozen-embedding run trains, as fp16 shards of at most max_bytes."""
+    cfg = WhisfusionConfig.from_dict(read_config(model_dir))
+    state = load_weights(model_dir)
+    delta = {k: v.half() for k, v in state.items() if k.startswith("decoder.") and k != EMBED}
+    delta[MASK_ROW] = state[EMBED][cfg.decoder.mask_id].half().clone()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, shard in enumerate(_shards(delta, max_bytes)):
+        paths.append(out / f"delta-{i}.safetensors")
+        save_file(shard, str(paths[-1]))
+    (out / "delta-config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    return paths
+
+
+def apply(whisper_dir: Path, delta_dir: Path, model_dir: Path, presets: Path | None = None,
+          max_shard_bytes: int = 15_000_000) -> Path:
+    """whisper-mdm from `whisper_dir` with the delta's tensors, saved as fp16 shards; `presets`: a
+    JSON file of this model's tuned decoding presets (WhisfusionConfig.presets)."""
+    model, wcfg, tok = init_from_whisper(whisper_dir)
+    cfg = WhisfusionConfig.from_dict(json.loads((delta_dir / "delta-config.json").read_text()))
+    if presets is not None:
+        cfg = replace(cfg, presets=json.loads(presets.read_text()))
+        for name in cfg.presets:
+            cfg.decoding_options(name)  # fail now on a bad preset, not in a user's transcribe
+    model.decoder.config = cfg.decoder  # e.g. shift, max_seq_len as trained
+    delta: dict[str, torch.Tensor] = {}
+    for f in sorted(delta_dir.glob("delta-*.safetensors")):
+        delta.update(load_file(str(f)))
+    mask_row = delta.pop(MASK_ROW)
+    state = model.state_dict()
+    missing = [k for k in state if k.startswith("decoder.") and k != EMBED and k not in delta]
+    if missing:
+        raise SystemExit(f"delta lacks {missing[:3]}...")
+    with torch.no_grad():
+        for k, v in delta.items():
+            state[k].copy_(v.float())
+        model.decoder.embed_tokens.weight[cfg.decoder.mask_id] = mask_row.float()
+    return save_whisfusion(model, cfg, tok, model_dir, dtype=torch.float16, max_shard_bytes=max_shard_bytes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("extract")
+    e.add_argument("model", type=Path)
+    e.add_argument("out", type=Path)
+    a = sub.add_parser("apply")
+    a.add_argument("whisper", type=Path)
+    a.add_argument("delta", type=Path)
+    a.add_argument("out", type=Path)
+    a.add_argument("--presets", type=Path, help="JSON: this model's decoding presets")
+    args = p.parse_args(argv)
+    print(extract(args.model, args.out) if args.cmd == "extract"
+          else apply(args.whisper, args.delta, args.out, args.presets))
+
+
+if __name__ == "__main__":
+    main()

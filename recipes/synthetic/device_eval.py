@@ -1,0 +1,105 @@
+"""WER of trained checkpoints per decoding setting, on sets read without ffmpeg (GPU machine).
+
+Sets: `progress.jsonl` rows of a make_dataset.py folder by split (e.g. test_voices: held-out
+voices and books) and a folder of `<id>.npy` 16 kHz clips with a `transcripts.json` ({id: text}),
+e.g. real LibriSpeech clips decoded beforehand. Prints and writes one JSON record per
+(model, set, setting): WER, oracle WER over the k candidates, clips, decode seconds.
+
+    python recipes/synthetic/device_eval.py --models /tmp/run/model --data /tmp/synth \
+        --splits test_voices val --npy /tmp/real --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from stream_train import read_audio  # noqa: E402
+
+from whisfusion_cli.asr import load_model  # noqa: E402
+from whisfusion_cli.evaluate import normalize, word_errors  # noqa: E402
+
+# name -> (preset, overrides): the paper's presets, then more steps for the accurate one
+SETTINGS = {
+    "fast": ("fast", {}), "balanced": ("balanced", {}), "accurate": ("accurate", {}),
+    "accurate-paper": ("accurate", {"scope": "canvas", "dedupe": 0.0}),  # rho over the whole canvas, no merge
+    "accurate-nodedupe": ("accurate", {"dedupe": 0.0}),
+    "accurate-steep": ("accurate", {"schedule": (1.0, 0.6, 0.35, 0.15)}),
+    "accurate-8step": ("accurate", {"steps": 8, "schedule": (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.2, 0.1)}),
+    "accurate-12step": ("accurate", {"steps": 12, "schedule": (1.0, .85, .75, .65, .55, .45, .37, .3, .22, .15, .1, .05)}),
+    "balanced-8step": ("balanced", {"steps": 8, "schedule": (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.2, 0.1)}),
+    "fast-6step": ("fast", {"steps": 6, "schedule": (1.0, 0.7, 0.5, 0.3, 0.2, 0.1)}),
+    "greedy-1step": ("accurate", {"k": 1, "steps": 1, "schedule": (1.0,)}),
+}
+
+
+def load_sets(data: list[Path], splits: list[str], npy: Path | None, limit: int) -> dict[str, list]:
+    """set name -> [(audio, reference)]."""
+    sets: dict[str, list] = {}
+    for d in data:
+        rows = [json.loads(x) for x in (d / "progress.jsonl").read_text().splitlines() if x.strip()]
+        for split in splits:
+            chosen = [r for r in rows if r.get("split") == split][:limit]
+            sets.setdefault(split, []).extend((read_audio(d / r["audio"]), r["text"]) for r in chosen)
+    if npy:
+        refs = json.loads((npy / "transcripts.json").read_text())
+        sets["real"] = [(read_audio(npy / f"{k}.npy"), v) for k, v in sorted(refs.items())]
+    return {k: v for k, v in sets.items() if v}
+
+
+def score(model, clips: list, setting: str, batch: int) -> dict:
+    preset, overrides = SETTINGS.get(setting, (None, {}))
+    options = model.options(preset, **overrides) if model.engine == "pdd" else None
+    errors = words = oracle = 0
+    t0 = time.perf_counter()
+    examples = []
+    for i in range(0, len(clips), batch):
+        chunk = clips[i: i + batch]
+        for (_, ref), res in zip(chunk, model.decode_windows([a for a, _ in chunk], options)):
+            e, n = word_errors(normalize(ref), normalize(res.text))
+            cands = [word_errors(normalize(ref), normalize(c))[0] for c in res.candidates] or [e]
+            errors, words, oracle = errors + e, words + n, oracle + min(cands)
+            if len(examples) < 4:
+                examples.append({"ref": ref, "hyp": res.text})
+    model.stopwatch.sync()
+    return {"wer": round(errors / max(1, words), 4), "oracle_wer": round(oracle / max(1, words), 4),
+            "clips": len(clips), "words": words, "seconds": round(time.perf_counter() - t0, 2), "examples": examples}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", required=True, help="whisfusion checkpoints or Whisper dirs (AR)")
+    p.add_argument("--data", nargs="*", type=Path, default=[])
+    p.add_argument("--splits", nargs="*", default=["test_voices", "val"])
+    p.add_argument("--npy", type=Path)
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS))
+    p.add_argument("--limit", type=int, default=200, help="clips per split")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    sets = load_sets(args.data, args.splits, args.npy, args.limit)
+    records = []
+    for path in args.models:
+        model = load_model(path, device="auto")
+        for setting in (args.settings if model.engine == "pdd" else ["greedy"]):
+            for name, clips in sets.items():
+                rec = {"model": path, "set": name, "setting": setting, **score(model, clips, setting, args.batch)}
+                print(json.dumps({k: v for k, v in rec.items() if k != "examples"}), flush=True)
+                records.append(rec)
+        del model
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if args.out:
+        args.out.write_text(json.dumps(records, indent=1) + "\n")
+    return records
+
+
+if __name__ == "__main__":
+    main()
