@@ -15,7 +15,7 @@ import torch
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "synthetic"
 sys.path.insert(0, str(RECIPE))
 
-from test_recipe_synthetic import _book_file  # noqa: E402
+from test_recipe_synthetic import _book_file
 
 
 @pytest.mark.slow

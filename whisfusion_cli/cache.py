@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .audio import N_SAMPLES, SAMPLE_RATE, audio_frames, load_audio, log_mel_windows
+from .audio import N_AUDIO_CTX, N_SAMPLES, SAMPLE_RATE, audio_frames, load_audio, log_mel_windows
 from .data import Example
 from .errors import AudioError, WhisfusionError
 from .whisper import WhisperEncoder
@@ -196,8 +196,9 @@ def _loaded(todo: list[tuple[str, Example]], batch_size: int,
 
 
 @torch.inference_mode()
-def encode_clips(encoder: WhisperEncoder, clips: Sequence[np.ndarray]) -> list[Tensor]:
-    """Each clip's encoder states trimmed to audio_frames(len(clip)), fp16 on the CPU: (S_i, C) each.
+def encode_clips(encoder: WhisperEncoder, clips: Sequence[np.ndarray], out_device: str | torch.device = "cpu"
+                 ) -> list[Tensor]:
+    """Each clip's encoder states trimmed to audio_frames(len(clip)), fp16 on `out_device`: (S_i, C) each.
 
     bf16 autocast on CUDA; the encoder's own dtype elsewhere.
     """
@@ -205,7 +206,7 @@ def encode_clips(encoder: WhisperEncoder, clips: Sequence[np.ndarray]) -> list[T
     mel = log_mel_windows(list(clips), encoder.config.n_mels, param.device)  # (B, n_mels, 3000)
     with torch.autocast("cuda", torch.bfloat16, enabled=param.device.type == "cuda"):
         xa = encoder(mel.to(param.dtype))  # (B, 1500, C)
-    return [xa[i, : audio_frames(len(clip))].to("cpu", torch.float16) for i, clip in enumerate(clips)]
+    return [xa[i, : audio_frames(len(clip))].to(out_device, torch.float16).clone() for i, clip in enumerate(clips)]
 
 
 def _plan(examples: Sequence[Example], fingerprint: str, entries: dict[str, CacheEntry],
@@ -327,13 +328,18 @@ class FeatureCache:
     def batch(self, idx: Sequence[int], multiple: int = 1) -> tuple[Tensor, Tensor]:
         """xa (B, S, C) fp16 and n_frames (B,): S is the longest clip's frames rounded up to `multiple`
         (few distinct shapes let kernels reuse their plans), zeros past each clip's frames."""
-        states = [self[i][0] for i in idx]  # (S_i, C) each
-        n_frames = torch.tensor([s.shape[0] for s in states])
-        n_states = -(-int(n_frames.max()) // multiple) * multiple
-        xa = torch.zeros(len(states), n_states, states[0].shape[1], dtype=torch.float16)
-        for row, s in zip(xa, states):
-            row[: s.shape[0]] = s
-        return xa, n_frames
+        return pad_states([self[i][0] for i in idx], multiple)
+
+
+def pad_states(states: Sequence[Tensor], multiple: int = 1) -> tuple[Tensor, Tensor]:
+    """Clips' states (S_i, C) -> xa (B, S, C) with S = the longest S_i rounded up to `multiple` (zeros
+    past each clip's frames; few distinct shapes let kernels reuse their plans), and n_frames (B,)."""
+    n_frames = torch.tensor([s.shape[0] for s in states], device=states[0].device)
+    n_states = min(N_AUDIO_CTX, -(-int(n_frames.max()) // multiple) * multiple)
+    xa = torch.zeros(len(states), n_states, states[0].shape[1], dtype=states[0].dtype, device=states[0].device)
+    for row, s in zip(xa, states):
+        row[: s.shape[0]] = s
+    return xa, n_frames
 
 
 def build_shared(examples: Sequence[Example], cache_dir: str | Path, encoder: WhisperEncoder, rank: int,

@@ -59,14 +59,12 @@ def select_remask(confidence: Tensor, n_remask: int, rule: RemaskRule,
     Returns:
         (N, L) boolean mask of the positions to re-mask.
     """
-    n, length = confidence.shape
+    length = confidence.shape[1]
     if n_remask <= 0:
         return torch.zeros_like(confidence, dtype=torch.bool)
     if n_remask >= length:
         return torch.ones_like(confidence, dtype=torch.bool)
-    noise = torch.rand(n, length, device=confidence.device, generator=generator)
-    score = confidence + 1e-6 * noise if rule == "low_confidence" else noise  # noise breaks ties
-    idx = score.topk(n_remask, dim=-1, largest=False).indices
+    idx = _remask_score(confidence, rule, generator).topk(n_remask, dim=-1, largest=False).indices
     return torch.zeros_like(confidence, dtype=torch.bool).scatter_(1, idx, True)
 
 
@@ -82,7 +80,12 @@ def select_remask_scoped(canvas: Tensor, confidence: Tensor, fraction: float, ru
     is_eos = (canvas == eos_id).int()
     scope = ((is_eos.cumsum(-1) - is_eos) == 0) | (confidence < DOUBT)  # (N, L)
     count = (fraction * scope.sum(-1)).round()  # (N,)
-    noise = torch.rand(confidence.shape, device=confidence.device, generator=generator)
-    score = confidence + 1e-6 * noise if rule == "low_confidence" else noise
+    score = _remask_score(confidence, rule, generator)
     rank = score.masked_fill(~scope, float("inf")).argsort(-1).argsort(-1)  # 0 = first to re-mask
     return rank < count[:, None]
+
+
+def _remask_score(confidence: Tensor, rule: RemaskRule, generator: torch.Generator | None) -> Tensor:
+    """(N, L) score, lowest re-masked first: the confidence (noise breaks ties) or pure noise."""
+    noise = torch.rand(confidence.shape, device=confidence.device, generator=generator)
+    return confidence + 1e-6 * noise if rule == "low_confidence" else noise

@@ -140,17 +140,20 @@ class Split:
     ids: list[list[int]]
 
     def batch(self, idx: list[int], eos_id: int, max_len: int) -> tuple[Tensor, Tensor, Tensor, list[float]]:
-        """xa (B, S, C) fp16 padded to the longest clip, n_frames (B,), x0 (B, L), durations.
-
-        L = max_i max(canvas_length(duration_i), len(ids_i) + 1): the canvas decoding uses.
-        """
+        """xa (B, S, C) fp16 padded to the longest clip, n_frames (B,), x0 (B, L) (canvas_targets), durations."""
         xa, n_frames = self.cache.batch(idx, FRAME_BUCKET)  # as decoding buckets them
         durations = [self.cache.entries[i].duration for i in idx]
-        length = max(max(canvas_length(d, max_len), len(self.ids[i]) + 1) for d, i in zip(durations, idx))
-        x0 = torch.full((len(idx), length), eos_id, dtype=torch.long)  # end-of-text padding: targets too
-        for row, i in enumerate(idx):
-            x0[row, : len(self.ids[i])] = torch.tensor(self.ids[i], dtype=torch.long)
-        return xa, n_frames, x0, durations
+        return xa, n_frames, canvas_targets([self.ids[i] for i in idx], durations, eos_id, max_len), durations
+
+
+def canvas_targets(ids: list[list[int]], durations: list[float], eos_id: int, max_len: int) -> Tensor:
+    """x0 (B, L): each transcript's ids, then end-of-text padding (targets too), on the canvas decoding
+    uses: L = max over the batch of max(canvas_length(duration), len(ids) + 1)."""
+    length = max(max(canvas_length(d, max_len), len(x) + 1) for d, x in zip(durations, ids))
+    x0 = torch.full((len(ids), length), eos_id, dtype=torch.long)
+    for row, x in enumerate(ids):
+        x0[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+    return x0
 
 
 class Denoiser(nn.Module):

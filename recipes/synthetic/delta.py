@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from whisfusion_cli.checkpoint import _shards, init_from_whisper, load_weights, read_config, save_whisfusion  # noqa: E402
-from whisfusion_cli.config import WhisfusionConfig  # noqa: E402
+from whisfusion_cli.checkpoint import _shards, init_from_whisper, load_weights, read_config, save_whisfusion
+from whisfusion_cli.config import WhisfusionConfig
 
 EMBED = "decoder.embed_tokens.weight"
 MASK_ROW = "decoder.embed_tokens.mask_row"
@@ -47,7 +47,7 @@ def apply(whisper_dir: Path, delta_dir: Path, model_dir: Path, presets: Path | N
           max_shard_bytes: int = 15_000_000) -> Path:
     """whisper-mdm from `whisper_dir` with the delta's tensors, saved as fp16 shards; `presets`: a
     JSON file of this model's tuned decoding presets (WhisfusionConfig.presets)."""
-    model, wcfg, tok = init_from_whisper(whisper_dir)
+    model, _, tok = init_from_whisper(whisper_dir)
     cfg = WhisfusionConfig.from_dict(json.loads((delta_dir / "delta-config.json").read_text()))
     if presets is not None:
         cfg = replace(cfg, presets=json.loads(presets.read_text()))

@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stream_train import read_audio  # noqa: E402
+from stream_train import read_audio
 
-from whisfusion_cli.asr import load_model  # noqa: E402
-from whisfusion_cli.evaluate import normalize, word_errors  # noqa: E402
+from whisfusion_cli.asr import load_model
+from whisfusion_cli.evaluate import normalize, word_errors
 
 # name -> (preset, overrides): the paper's presets, then more steps for the accurate one
 SETTINGS = {

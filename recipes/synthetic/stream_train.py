@@ -33,18 +33,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from whisfusion_cli.asr import FRAME_BUCKET  # noqa: E402
-from whisfusion_cli.audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_windows  # noqa: E402
-from whisfusion_cli.checkpoint import init_from_whisper, save_whisfusion  # noqa: E402
-from whisfusion_cli.config import DecoderConfig, WhisfusionConfig  # noqa: E402
-from whisfusion_cli.curriculum import lr_factor, param_groups  # noqa: E402
-from whisfusion_cli.decoding import canvas_length  # noqa: E402
-from whisfusion_cli.diffusion import forward_process, masked_diffusion_loss  # noqa: E402
-from whisfusion_cli.model import Whisfusion  # noqa: E402
-
-
-def autocast(device: torch.device):
-    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+from whisfusion_cli.asr import FRAME_BUCKET
+from whisfusion_cli.audio import SAMPLE_RATE
+from whisfusion_cli.cache import encode_clips, pad_states
+from whisfusion_cli.checkpoint import init_from_whisper, save_whisfusion
+from whisfusion_cli.config import DecoderConfig, WhisfusionConfig
+from whisfusion_cli.curriculum import lr_factor, param_groups
+from whisfusion_cli.diffusion import forward_process, masked_diffusion_loss
+from whisfusion_cli.model import Whisfusion
+from whisfusion_cli.train import autocast, canvas_targets
 
 
 def read_audio(path: Path) -> np.ndarray:
@@ -95,31 +92,21 @@ class Store:
                 for r in self._new_rows(d / "progress.jsonl")][:limit]
         audio = list(self.pool.map(lambda dr: read_audio(dr[0] / dr[1]["audio"]), rows))
         for i in range(0, len(rows), 32):
-            chunk = audio[i: i + 32]
-            mel = log_mel_windows(chunk, self.encoder.config.n_mels, self.device)
-            with autocast(self.device):
-                xa = self.encoder(mel)  # (B, 1500, C)
-            for j, (_, row) in enumerate(rows[i: i + 32]):
+            states = encode_clips(self.encoder, audio[i: i + 32], self.device)
+            for st, clip, (_, row) in zip(states, audio[i: i + 32], rows[i: i + 32]):
                 ids = self.encode_text(row["text"])
                 if len(ids) < self.max_len:
-                    states = xa[j, : audio_frames(len(chunk[j]))].to(torch.float16).clone()
                     self.clips.setdefault(row.get("split", "train"), []).append(
-                        (states, ids, len(chunk[j]) / SAMPLE_RATE, row["text"]))
+                        (st, ids, len(clip) / SAMPLE_RATE, row["text"]))
         return len(rows)
 
     def batch(self, split: str, idx: list[int], eos_id: int) -> tuple[torch.Tensor, ...]:
         """xa (B, S, C) fp16, n_frames (B,), x0 (B, L) with end-of-text padding, as training and
         decoding shape them (S bucketed to FRAME_BUCKET; L = the adaptive canvas)."""
         clips = [self.clips[split][i] for i in idx]
-        frames = [c[0].shape[0] for c in clips]
-        s = min(N_AUDIO_CTX, -(-max(frames) // FRAME_BUCKET) * FRAME_BUCKET)
-        xa = torch.zeros(len(clips), s, clips[0][0].shape[1], dtype=torch.float16, device=self.device)
-        length = max(max(canvas_length(c[2], self.max_len), len(c[1]) + 1) for c in clips)
-        x0 = torch.full((len(clips), length), eos_id, dtype=torch.long)
-        for row, c in enumerate(clips):
-            xa[row, : frames[row]] = c[0]
-            x0[row, : len(c[1])] = torch.tensor(c[1])
-        return xa, torch.tensor(frames, device=self.device), x0.to(self.device)
+        xa, n_frames = pad_states([c[0] for c in clips], FRAME_BUCKET)
+        x0 = canvas_targets([c[1] for c in clips], [c[2] for c in clips], eos_id, self.max_len)
+        return xa, n_frames, x0.to(self.device)
 
 
 def build(args: argparse.Namespace, device: torch.device):
@@ -173,22 +160,29 @@ def validate(model: Whisfusion, store: Store, wcfg: WhisfusionConfig, tok, n: in
         xa, n_frames, x0 = store.batch("val", idx[s: s + 32], eos)
         with autocast(x0.device):
             kv = dec.cross_kv(xa.float(), n_frames)
-            for t in losses:
+            for t, values in losses.items():
                 g = torch.Generator(x0.device).manual_seed(7)
                 xt, masked, tt = forward_process(x0, mask_id, t, t, g)
-                losses[t].append(float(masked_diffusion_loss(dec(xt, kv), x0, masked, tt)))
-            for steps in errs:
+                values.append(float(masked_diffusion_loss(dec(xt, kv), x0, masked, tt)))
+            for steps, counts in errs.items():
                 opts = DecodingOptions(k=1, steps=steps, schedule=(1.0, 0.9, 0.85, 0.8)[:steps])
-                res = pdd(lambda c: dec(c, kv), len(x0), x0.shape[1], mask_id, eos, opts, x0.device)
+                res = pdd(lambda c, kv=kv: dec(c, kv), len(x0), x0.shape[1], mask_id, eos, opts, x0.device)
                 for i, row in zip(idx[s: s + 32], res.tokens):
                     hyp = tok.decode(canvas_to_ids(row, eos, tok.vocab_size))
                     e, w = word_errors(normalize(store.clips["val"][i][3]), normalize(hyp))
-                    errs[steps][0] += e
-                    errs[steps][1] += w
+                    counts[0] += e
+                    counts[1] += w
     model.train()
     out.update({f"val_loss_t{t}": round(sum(v) / len(v), 4) for t, v in losses.items()})
     out.update({f"val_wer_{s}step": round(e / max(1, w), 4) for s, (e, w) in errs.items()})
     return out
+
+
+def log(out: Path, rec: dict) -> None:
+    """Prints a record and appends it to out/log.jsonl."""
+    print(json.dumps(rec), flush=True)
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
 
 
 def train(args: argparse.Namespace) -> None:
@@ -199,7 +193,6 @@ def train(args: argparse.Namespace) -> None:
     dirs = [Path(d) for d in args.data]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "log.jsonl", "a")
     while store.count("train") < args.min_clips:  # wait for the first clips
         store.poll(dirs)
         time.sleep(2)
@@ -246,14 +239,11 @@ def train(args: argparse.Namespace) -> None:
             if snapshots and elapsed > snapshots[0] * 60:
                 save_whisfusion(model, wcfg, tok, out / f"model-{snapshots.pop(0):g}min", dtype=torch.float16)
                 rec["snapshot"] = True
-            print(json.dumps(rec), flush=True)
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+            log(out, rec)
     rec = {"step": step, "min": round((time.time() - t_start) / 60, 2), "final": True,
            "stage2_from_step": locals().get("stage2_step"), "train_clips": store.count("train"),
            "train_h": round(store.hours("train"), 2), **validate(model, store, wcfg, tok, 512)}
-    print(json.dumps(rec), flush=True)
-    log.write(json.dumps(rec) + "\n")
+    log(out, rec)
     save_whisfusion(model, wcfg, tok, out / "model", dtype=torch.float16)
 
 
