@@ -163,7 +163,7 @@ class WhisfusionASR(ASRModel):
         out = pdd(self._decoder_fn(xa, n_frames, len(windows) * options.k, canvas_len), len(windows),
                   canvas_len, self.cfg.decoder.mask_id, self.cfg.eos_id, options, self.device)
         self.stopwatch.lap("decode")
-        best = out.candidate_confidence.argmax(-1).tolist()
+        best = out.best.tolist()
         return [self._result(out.candidates[i], out.token_confidence[i], best[i], float(out.confidence[i]),
                              options.dedupe) for i in range(len(windows))]
 

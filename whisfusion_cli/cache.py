@@ -206,7 +206,7 @@ def encode_clips(encoder: WhisperEncoder, clips: Sequence[np.ndarray], out_devic
     mel = log_mel_windows(list(clips), encoder.config.n_mels, param.device)  # (B, n_mels, 3000)
     with torch.autocast("cuda", torch.bfloat16, enabled=param.device.type == "cuda"):
         xa = encoder(mel.to(param.dtype))  # (B, 1500, C)
-    return [xa[i, : audio_frames(len(clip))].to(out_device, torch.float16).clone() for i, clip in enumerate(clips)]
+    return [xa[i, : audio_frames(len(clip))].to(out_device, torch.float16, copy=True) for i, clip in enumerate(clips)]
 
 
 def _plan(examples: Sequence[Example], fingerprint: str, entries: dict[str, CacheEntry],

@@ -92,11 +92,11 @@ def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return _join_pieces(state)
 
 
-PIECE = "@piece"  # "name@piece3": rows of a tensor too large for one shard (see _shards)
+PIECE = "@piece"  # "name@piece3": rows of a tensor too large for one shard (see shard_state)
 
 
 def _join_pieces(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Concatenates the row pieces `_shards` cut a large tensor into, in piece order."""
+    """Concatenates the row pieces `shard_state` cut a large tensor into, in piece order."""
     pieces: dict[str, dict[int, torch.Tensor]] = {}
     for name in [k for k in state if PIECE in k]:
         base, i = name.rsplit(PIECE, 1)
@@ -162,7 +162,7 @@ def _cut(state: dict[str, torch.Tensor], max_bytes: int) -> dict[str, torch.Tens
     return out
 
 
-def _shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -> list[dict[str, torch.Tensor]]:
+def shard_state(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -> list[dict[str, torch.Tensor]]:
     """Consecutive tensors grouped into shards of at most max_shard_bytes each (larger tensors cut)."""
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
@@ -188,7 +188,7 @@ def save_whisfusion(model: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokeniz
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
              for k, v in model.state_dict().items()}
-    shards = _shards(state, max_shard_bytes)
+    shards = shard_state(state, max_shard_bytes)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         for i, shard in enumerate(shards):

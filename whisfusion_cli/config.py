@@ -284,7 +284,7 @@ class WhisfusionConfig:
         """Options for a preset name (default: this model's default) as this model tunes it, plus overrides."""
         name = preset or self.default_preset
         tuned = {k: tuple(v) if isinstance(v, list) else v for k, v in self.presets.get(name, {}).items()}
-        return replace(DecodingOptions.from_preset(name).with_overrides(**tuned), preset=name).with_overrides(**overrides)
+        return replace(DecodingOptions.from_preset(name, **tuned), preset=name).with_overrides(**overrides)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WhisfusionConfig:

@@ -45,7 +45,8 @@ class PDDOutput:
     candidates: Tensor  # (B, k, L) every candidate
     candidate_confidence: Tensor  # (B, k)
     n_forward: int  # decoder passes made (= steps)
-    token_confidence: Tensor | None = None  # (B, k, L) each candidate token's probability
+    token_confidence: Tensor  # (B, k, L) each candidate token's probability
+    best: Tensor  # (B,) index of the chosen candidate
 
 
 def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
@@ -124,7 +125,7 @@ def pdd(decoder: DecoderFn, n_windows: int, canvas_len: int, mask_id: int, eos_i
     candidates = canvas.view(n_windows, k, canvas_len)
     rows = torch.arange(n_windows, device=device)
     return PDDOutput(candidates[rows, best], scores[rows, best], candidates, scores, len(options.schedule),
-                     confidence.view(n_windows, k, canvas_len))
+                     confidence.view(n_windows, k, canvas_len), best)
 
 
 def canvas_to_ids(row: Tensor | list[int], eos_id: int, vocab_limit: int | None = None,

@@ -21,7 +21,13 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from whisfusion_cli.checkpoint import _shards, init_from_whisper, load_weights, read_config, save_whisfusion
+from whisfusion_cli.checkpoint import (
+    init_from_whisper,
+    load_weights,
+    read_config,
+    save_whisfusion,
+    shard_state,
+)
 from whisfusion_cli.config import WhisfusionConfig
 
 EMBED = "decoder.embed_tokens.weight"
@@ -36,7 +42,7 @@ def extract(model_dir: Path, out: Path, max_bytes: int = 14 << 20) -> list[Path]
     delta[MASK_ROW] = state[EMBED][cfg.decoder.mask_id].half().clone()
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, shard in enumerate(_shards(delta, max_bytes)):
+    for i, shard in enumerate(shard_state(delta, max_bytes)):
         paths.append(out / f"delta-{i}.safetensors")
         save_file(shard, str(paths[-1]))
     (out / "delta-config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")

@@ -197,10 +197,9 @@ def _init_worker() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def manifest_row(it: Item, duration: float) -> str:
-    row = {"audio": it.audio, "text": it.text, "duration": duration, "voice": it.voice,
-           "engine": tts.BY_ID[it.voice].engine, "tts": it.tts, "aug": it.aug, "book": it.book, "line": it.line}
-    return json.dumps(row, ensure_ascii=False)
+def manifest_row(it: Item, duration: float) -> dict:
+    return {"audio": it.audio, "text": it.text, "duration": duration, "voice": it.voice,
+            "engine": tts.BY_ID[it.voice].engine, "tts": it.tts, "aug": it.aug, "book": it.book, "line": it.line}
 
 
 def render_all(items: list[Item], out_dir: Path, workers: int) -> list[Result]:
@@ -219,8 +218,8 @@ def render_all(items: list[Item], out_dir: Path, workers: int) -> list[Result]:
         for r in pool.imap_unordered(render, jobs, chunksize=4):
             results.append(r)
             if r.duration is not None:
-                row = json.loads(manifest_row(by_key[(r.split, r.index)], r.duration))
-                progress.write(json.dumps({"split": r.split, **row}, ensure_ascii=False) + "\n")
+                row = {"split": r.split, **manifest_row(by_key[(r.split, r.index)], r.duration)}
+                progress.write(json.dumps(row, ensure_ascii=False) + "\n")
                 progress.flush()
             if time.time() - last > 30 or len(results) == len(jobs):
                 last = time.time()
@@ -235,7 +234,7 @@ def write_manifests(items: list[Item], results: list[Result], out_dir: Path) -> 
     rows: dict[str, list[str]] = {s: [] for s in SPLITS}
     for it, r in zip(items, results):
         if r.duration is not None:
-            rows[it.split].append(manifest_row(it, r.duration))
+            rows[it.split].append(json.dumps(manifest_row(it, r.duration), ensure_ascii=False))
     for split, lines in rows.items():
         tmp = out_dir / (MANIFESTS[split] + ".part")
         tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

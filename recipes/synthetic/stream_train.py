@@ -64,8 +64,8 @@ def read_audio(path: Path) -> np.ndarray:
 class Store:
     """Encoder states (fp16, on the GPU) and token ids of the clips read so far, per split."""
 
-    def __init__(self, encoder: torch.nn.Module, encode_text, max_len: int):
-        self.encoder, self.encode_text, self.max_len = encoder, encode_text, max_len
+    def __init__(self, encoder: torch.nn.Module, encode_texts, max_len: int):
+        self.encoder, self.encode_texts, self.max_len = encoder, encode_texts, max_len
         self.device = next(encoder.parameters()).device
         self.clips: dict[str, list[tuple[torch.Tensor, list[int], float, str]]] = {}
         self.read: dict[Path, int] = {}  # progress file -> bytes consumed
@@ -93,8 +93,8 @@ class Store:
         audio = list(self.pool.map(lambda dr: read_audio(dr[0] / dr[1]["audio"]), rows))
         for i in range(0, len(rows), 32):
             states = encode_clips(self.encoder, audio[i: i + 32], self.device)
-            for st, clip, (_, row) in zip(states, audio[i: i + 32], rows[i: i + 32]):
-                ids = self.encode_text(row["text"])
+            all_ids = self.encode_texts([row["text"] for _, row in rows[i: i + 32]])
+            for st, clip, ids, (_, row) in zip(states, audio[i: i + 32], all_ids, rows[i: i + 32]):
                 if len(ids) < self.max_len:
                     self.clips.setdefault(row.get("split", "train"), []).append(
                         (st, ids, len(clip) / SAMPLE_RATE, row["text"]))
@@ -189,7 +189,7 @@ def train(args: argparse.Namespace) -> None:
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     model, wcfg, tok = build(args, device)
-    store = Store(model.encoder.eval(), lambda t: tok.encode_transcripts([t])[0], wcfg.decoder.max_seq_len)
+    store = Store(model.encoder.eval(), tok.encode_transcripts, wcfg.decoder.max_seq_len)
     dirs = [Path(d) for d in args.data]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
