@@ -61,6 +61,16 @@ def test_recipe_renders_trains_ships_and_evaluates(tmp_path, weights_dir, monkey
     assert not torch.equal(after["decoder.layers.0.fc1.weight"].float(), before["decoder.layers.0.fc1.weight"].half().float())
     assert all(torch.equal(after[k].float(), v.half().float()) for k, v in before.items() if k.startswith("encoder."))
 
+    again = tmp_path / "again"  # going on from the trained model (--init), fresh-weighted batches
+    stream_train.train(stream_train.parse_args([
+        "--data", str(data), "--init", str(run / "model"), "--out", str(again), "--device", "cpu", "--batch", "4",
+        "--min-clips", "4", "--max-steps", "2", "--fresh", "0.5", "--log-every", "1", "--val-every", "100",
+        "--val-clips", "1", "--minutes", "30"]))
+    assert json.loads((again / "log.jsonl").read_text().splitlines()[-1])["step"] == 2
+    went_on = load_weights(again / "model")
+    assert not torch.equal(went_on["decoder.layers.0.fc1.weight"], after["decoder.layers.0.fc1.weight"])
+    assert torch.equal(went_on[emb][:mask_id], after[emb][:mask_id])  # still frozen
+
     delta.extract(run / "model", tmp_path / "delta")
     presets = tmp_path / "presets.json"
     presets.write_text(json.dumps({"accurate": {"k": 3, "steps": 2, "schedule": [1.0, 0.5]}}))
@@ -72,3 +82,15 @@ def test_recipe_renders_trains_ships_and_evaluates(tmp_path, weights_dir, monkey
     records = device_eval.main(["--models", str(shipped), "--data", str(data), "--splits", "test_voices",
                                 "--limit", "2", "--settings", "accurate"])
     assert records and records[0]["setting"] == "accurate" and 0 <= records[0]["oracle_wer"] <= records[0]["wer"]
+    assert set(records[0]["wer_by_voice"]) <= {"rhvoice-alan", "flite-awb"} and records[0]["wer_by_voice"]
+
+
+def test_draw_favours_the_newest_clips():
+    import stream_train
+
+    gen = torch.Generator().manual_seed(0)
+    idx = stream_train.draw(1000, 96, 0.5, gen)
+    assert len(idx) == 96 and all(0 <= i < 1000 for i in idx)
+    assert all(i >= 800 for i in idx[48:])  # the fresh half from the newest fifth
+    assert min(idx[:48]) < 800  # the rest spread over the whole store
+    assert stream_train.draw(3, 8, 1.0, gen) == [2] * 8  # a tiny store: its newest clip

@@ -42,16 +42,17 @@ SETTINGS = {
 
 
 def load_sets(data: list[Path], splits: list[str], npy: Path | None, limit: int) -> dict[str, list]:
-    """set name -> [(audio, reference)]."""
+    """set name -> [(audio, reference, voice)]."""
     sets: dict[str, list] = {}
     for d in data:
         rows = [json.loads(x) for x in (d / "progress.jsonl").read_text().splitlines() if x.strip()]
         for split in splits:
             chosen = [r for r in rows if r.get("split") == split][:limit]
-            sets.setdefault(split, []).extend((read_audio(d / r["audio"]), r["text"]) for r in chosen)
+            sets.setdefault(split, []).extend((read_audio(d / r["audio"]), r["text"], r.get("voice", split))
+                                              for r in chosen)
     if npy:
         refs = json.loads((npy / "transcripts.json").read_text())
-        sets["real"] = [(read_audio(npy / f"{k}.npy"), v) for k, v in sorted(refs.items())]
+        sets["real"] = [(read_audio(npy / f"{k}.npy"), v, "real") for k, v in sorted(refs.items())]
     return {k: v for k, v in sets.items() if v}
 
 
@@ -59,19 +60,24 @@ def score(model, clips: list, setting: str, batch: int) -> dict:
     preset, overrides = SETTINGS.get(setting, (None, {}))
     options = model.options(preset, **overrides) if model.engine == "pdd" else None
     errors = words = oracle = 0
+    by_voice: dict[str, list[int]] = {}
     t0 = time.perf_counter()
     examples = []
     for i in range(0, len(clips), batch):
         chunk = clips[i: i + batch]
-        for (_, ref), res in zip(chunk, model.decode_windows([a for a, _ in chunk], options)):
+        for (_, ref, voice), res in zip(chunk, model.decode_windows([c[0] for c in chunk], options)):
             e, n = word_errors(normalize(ref), normalize(res.text))
             cands = [word_errors(normalize(ref), normalize(c))[0] for c in res.candidates] or [e]
             errors, words, oracle = errors + e, words + n, oracle + min(cands)
+            counts = by_voice.setdefault(voice, [0, 0])
+            counts[0], counts[1] = counts[0] + e, counts[1] + n
             if len(examples) < 4:
                 examples.append({"ref": ref, "hyp": res.text})
     model.stopwatch.sync()
     return {"wer": round(errors / max(1, words), 4), "oracle_wer": round(oracle / max(1, words), 4),
-            "clips": len(clips), "words": words, "seconds": round(time.perf_counter() - t0, 2), "examples": examples}
+            "clips": len(clips), "words": words, "seconds": round(time.perf_counter() - t0, 2),
+            "wer_by_voice": {v: round(e / max(1, n), 4) for v, (e, n) in sorted(by_voice.items())},
+            "examples": examples}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -8,6 +8,11 @@
 #   recipes/synthetic/device_run.sh train MINUTES  # start the main run and the two ablations
 #   recipes/synthetic/device_run.sh poll SECONDS   # wait, then show progress
 #   recipes/synthetic/device_run.sh eval OUT       # WER tables + the trained delta into OUT
+# The second run (going on from the bundled model on fresh texts; .carry1-5 from pack_carries.sh):
+#   recipes/synthetic/device_run.sh synth2         # 14 workers, other texts, the same held-out sets
+#   recipes/synthetic/device_run.sh go-on MINUTES  # train from $S/model, then evaluate + extract by itself
+#   recipes/synthetic/device_run.sh poll SECONDS   # as above, until /tmp/out/DONE
+#   recipes/synthetic/device_run.sh fetch OUT      # the records and the delta into OUT
 set -e
 S=/tmp/stage
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -39,8 +44,33 @@ train)
   setsid nohup python3 $T --out /tmp/runC --minutes 5 --scratch smdm-170m --lr 3e-4 --lr2 1.5e-4 --batch 32 \
     > /tmp/runC.log 2>&1 < /dev/null &
   sleep 60; tail -n 3 /tmp/run?.log ;;
+synth2)
+  python3 $S/unpack_debs.py $S/debs /tmp/tts > /tmp/unpack.log
+  export TTS_PREFIX=/tmp/tts && . $S/tts-env.sh
+  rm -rf /tmp/repo && mkdir /tmp/repo && cp -r "$REPO"/whisfusion_cli "$REPO"/recipes /tmp/repo/
+  cd /tmp/repo
+  setsid nohup python3 recipes/synthetic/make_dataset.py --books $S/books.txt.xz --sources $S/SOURCES.md \
+    --out /tmp/synth --hours 150 --val-hours 0.2 --test-hours 0.4 --seed 0 --text-stream 2 --workers 14 \
+    --format wav --voices rhvoice festival pico flite espeak-ng --eval-transcripts $S/evaltrans \
+    > /tmp/synth.log 2>&1 < /dev/null &
+  sleep 20; cat /tmp/synth.log; wc -l /tmp/synth/progress.jsonl ;;
+go-on)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $S/whl/*.whl
+  rm -rf /tmp/repo/whisfusion_cli /tmp/repo/recipes && cp -r "$REPO"/whisfusion_cli "$REPO"/recipes /tmp/repo/
+  cd /tmp/repo && mkdir -p /tmp/out
+  export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+  E="recipes/synthetic/device_eval.py --data /tmp/synth --splits test_voices val --npy $S/real --limit 128"
+  setsid nohup bash -c "python3 recipes/synthetic/stream_train.py --data /tmp/synth --init $S/model \
+      --out /tmp/runB --minutes $2 --stage1-frac 0.5 --lr 7e-5 --lr2 4e-5 --fresh 0.5 --snapshot-minutes 8 \
+    && python3 $E --models /tmp/runB/model --settings fast balanced accurate accurate-12step greedy-1step \
+      --out /tmp/out/eval_go_on.json && python3 $E --models $S/model --settings accurate \
+      --out /tmp/out/eval_before.json && python3 recipes/synthetic/delta.py extract /tmp/runB/model /tmp/out/delta; \
+    cp /tmp/runB/log.jsonl /tmp/out/train_log.jsonl; touch /tmp/out/DONE" > /tmp/runB.log 2>&1 < /dev/null &
+  sleep 45; tail -n 3 /tmp/runB.log ;;
+fetch)
+  mkdir -p "$2" && cp -r /tmp/out/. "$2"/ && ls -la "$2" ;;
 poll)
-  sleep "$2"; tail -n 4 /tmp/run?.log; tail -n 2 /tmp/synth.log; wc -l /tmp/synth/progress.jsonl
+  for _ in $(seq "$2"); do [ -e /tmp/out/DONE ] && break; sleep 1; done; tail -n 4 /tmp/run?.log; tail -n 2 /tmp/synth.log; wc -l /tmp/synth/progress.jsonl
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv ;;
 eval)
   mkdir -p "$2"; cd /tmp/repo

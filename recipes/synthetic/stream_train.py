@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from whisfusion_cli.asr import FRAME_BUCKET
 from whisfusion_cli.audio import SAMPLE_RATE
 from whisfusion_cli.cache import encode_clips, pad_states
-from whisfusion_cli.checkpoint import init_from_whisper, save_whisfusion
+from whisfusion_cli.checkpoint import init_from_whisper, load_whisfusion, save_whisfusion
 from whisfusion_cli.config import DecoderConfig, WhisfusionConfig
 from whisfusion_cli.curriculum import lr_factor, param_groups
 from whisfusion_cli.diffusion import forward_process, masked_diffusion_loss
@@ -110,7 +110,11 @@ class Store:
 
 
 def build(args: argparse.Namespace, device: torch.device):
-    """(model, config, tokenizer) from the Whisper checkpoint: whisper-mdm, or SMDM-shaped from scratch."""
+    """(model, config, tokenizer): whisper-mdm from the Whisper checkpoint, SMDM-shaped from scratch,
+    or (--init) a whisfusion model to train on, e.g. the bundled one with fresh speech."""
+    if args.init:
+        model, wcfg, tok = load_whisfusion(Path(args.init), torch.device("cpu"), torch.float32)
+        return model.to(device), wcfg, tok
     model, wcfg, tok = init_from_whisper(Path(args.whisper))
     if args.scratch:
         dec = replace(DecoderConfig.from_name(args.scratch), vocab_size=wcfg.decoder.n_vocab,
@@ -178,6 +182,18 @@ def validate(model: Whisfusion, store: Store, wcfg: WhisfusionConfig, tok, n: in
     return out
 
 
+def draw(n_clips: int, batch: int, fresh: float, gen: torch.Generator) -> list[int]:
+    """Batch indices: a `fresh` share from the newest fifth of the store, the rest uniform over it.
+
+    Uniform draws from a growing store show the first clips ~ln(n_end / n_start) times more often
+    than the last ones; favouring the newest evens out how often each clip is seen."""
+    n_fresh = round(fresh * batch)
+    newest = max(1, n_clips // 5)
+    idx = torch.randint(n_clips, (batch - n_fresh,), generator=gen, device=gen.device)
+    recent = n_clips - newest + torch.randint(newest, (n_fresh,), generator=gen, device=gen.device)
+    return torch.cat([idx, recent]).tolist()
+
+
 def log(out: Path, rec: dict) -> None:
     """Prints a record and appends it to out/log.jsonl."""
     print(json.dumps(rec), flush=True)
@@ -219,7 +235,7 @@ def train(args: argparse.Namespace) -> None:
         for g in opt.param_groups:
             g.setdefault("base_lr", g["lr"])
             g["lr"] = g["base_lr"] * scale
-        idx = torch.randint(store.count("train"), (args.batch,), generator=gen, device=device).tolist()
+        idx = draw(store.count("train"), args.batch, args.fresh, gen)
         xa, n_frames, x0 = store.batch("train", idx, wcfg.eos_id)
         xt, masked, t = forward_process(x0, wcfg.decoder.mask_id, *t_range, gen)
         with autocast(device):
@@ -251,7 +267,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", nargs="+", required=True, help="make_dataset.py output folders (progress.jsonl)")
-    p.add_argument("--whisper", required=True, help="Hugging Face openai/whisper-* directory")
+    p.add_argument("--whisper", help="Hugging Face openai/whisper-* directory to build whisper-mdm from")
+    p.add_argument("--init", help="a whisfusion model directory to go on training instead (encoder frozen)")
     p.add_argument("--out", required=True)
     p.add_argument("--scratch", help="decoder config name: train an SMDM-shaped decoder from scratch instead")
     p.add_argument("--no-shift", action="store_true", help="whisper-mdm without the shifted read (ablation)")
@@ -259,6 +276,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=10**9, help="stop after this many steps (tests)")
     p.add_argument("--stage1-frac", type=float, default=0.6, help="share of the budget in stage 1")
     p.add_argument("--batch", type=int, default=96)
+    p.add_argument("--fresh", type=float, default=0.0, help="share of each batch from the newest fifth of the clips")
     p.add_argument("--lr", type=float, default=1e-4, help="stage-1 peak learning rate")
     p.add_argument("--lr2", type=float, default=5e-5, help="stage-2 peak learning rate (top block)")
     p.add_argument("--warmup", type=int, default=200)
@@ -271,7 +289,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--snapshot-minutes", type=float, nargs="*", default=[], help="also save the model then")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto: cuda when available")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not (args.whisper or args.init):
+        p.error("give --whisper (start from a Whisper checkpoint) or --init (go on from a whisfusion model)")
+    return args
 
 
 if __name__ == "__main__":
