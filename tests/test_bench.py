@@ -9,6 +9,7 @@ import torch
 
 from whisfusion_cli.bench import (BenchOptions, random_models, record_to_dict, run_bench, summarize,
                                   synthetic_speech)
+from whisfusion_cli.decoding import head_sizes
 from whisfusion_cli.segment import split_windows
 
 LATENCY_KEYS = {"engine", "duration_s", "total_ms", "encoder_ms", "decoder_ms", "overhead_ms",
@@ -74,6 +75,9 @@ def test_cuda_graphs_match_eager():
     assert pdd_asr.decode_windows(clips, opts) == eager
     assert pdd_asr.decode_windows(clips, opts) == eager  # replay of the captured graphs
     assert len(pdd_asr.graphs.graphs) == 1
+    captured = next(iter(pdd_asr.graphs.graphs.values()))
+    length = captured.canvas.shape[1]
+    assert set(captured.heads) == {length, *head_sizes(opts.schedule, length)}  # one graph per head size
 
 
 def test_bench_command_writes_the_record(tmp_path):
