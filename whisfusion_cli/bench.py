@@ -180,7 +180,7 @@ def write_wav(path: Path, audio: np.ndarray) -> Path:
 
 def long_form(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None, opts: BenchOptions,
               ar_forced: bool) -> list[dict[str, Any]]:
-    """End to end on one long file: ffmpeg decode -> windows -> batched encoder -> decoder -> writers."""
+    """End to end on one long WAV file: read -> windows -> batched encoder -> decoder -> writers."""
     from .transcribe import Job, TranscribeOptions, transcribe_files
 
     rows = []
