@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from whisfusion_cli.asr import WhisfusionASR
-from whisfusion_cli.bench import BenchOptions, model_and_baseline, random_models, record_to_dict, run_bench, summarize
+from whisfusion_cli.bench import (BenchOptions, model_and_baseline, random_models, record_to_dict, run_bench,
+                                  summarize)
 
 
 def set_variant(pdd_asr: WhisfusionASR, variant: str) -> str | None:
@@ -28,7 +29,7 @@ def set_variant(pdd_asr: WhisfusionASR, variant: str) -> str | None:
         return None
     try:
         pdd_asr.use_cuda_graphs(True, compile=True)
-    except Exception as e:  # torch.compile unavailable: the graphs variant
+    except Exception as e:  # noqa: BLE001 - torch.compile unavailable: the graphs variant
         pdd_asr.use_cuda_graphs(True)
         return f"{type(e).__name__}: {e}"
     return None
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for variant in args.variants.split(","):
         failed = set_variant(pdd_asr, variant)
-        rec = run_bench(pdd_asr, ar_asr, opts, weights, lambda m: print(variant, m, flush=True),
+        rec = run_bench(pdd_asr, ar_asr, opts, weights, lambda m, v=variant: print(v, m, flush=True),
                         ar_forced=True, pdd_random=not args.model)
         failed = failed or (pdd_asr.graphs.compile_error if pdd_asr.graphs else None)
         if failed:

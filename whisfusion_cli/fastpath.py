@@ -136,18 +136,23 @@ class GraphedDecoder:
 
     def _capture(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
                  sizes: tuple[int, ...]) -> _Captured:
+        """Captures this shape; a compiled forward that fails to compile or capture is dropped for the plain one."""
+        if self.compiled:
+            try:
+                return self._capture_with(xa, n_frames, n_rows, canvas_len, sizes)
+            except Exception as e:  # noqa: BLE001 - any compiler failure
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                self.compile_error = f"{type(e).__name__}: {first}"
+                log.warning("torch.compile failed, capturing the plain decoder: %s", self.compile_error)
+                self.forward = self.decoder.forward
+        return self._capture_with(xa, n_frames, n_rows, canvas_len, sizes)
+
+    def _capture_with(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
+                      sizes: tuple[int, ...]) -> _Captured:
         dec = self.decoder
         xa_s, nf_s = xa.clone(), n_frames.clone()
         canvas_s = torch.full((n_rows, canvas_len), dec.config.mask_id, dtype=torch.long, device=xa.device)
-        try:
-            self._warm_up(canvas_s, xa_s, nf_s, sizes)
-        except Exception as e:  # any compiler failure: capture the plain forward
-            if not self.compiled:
-                raise
-            self.compile_error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            log.warning("torch.compile failed, capturing the plain decoder: %s", self.compile_error)
-            self.forward = dec.forward
-            self._warm_up(canvas_s, xa_s, nf_s, sizes)
+        self._warm_up(canvas_s, xa_s, nf_s, sizes)
         kv_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(kv_graph):
             kv: list[KV] = dec.cross_kv(xa_s, nf_s)
