@@ -46,3 +46,44 @@ def test_load_audio_errors(tmp_path):
     junk.write_bytes(b"this is not audio at all" * 100)
     with pytest.raises(AudioError):
         load_audio(junk)
+
+
+def _write_wav(path, samples: np.ndarray, rate: int) -> None:
+    """int16 samples (n,) or (n, channels) as a PCM WAV."""
+    import wave
+
+    frames = samples.reshape(len(samples), -1)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(frames.shape[1])
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(frames.astype("<i2").tobytes())
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_pcm_wav_is_read_without_ffmpeg_and_matches_it(tmp_path, monkeypatch, channels):
+    from whisfusion_cli import audio as audio_mod
+
+    rng = np.random.default_rng(channels)
+    samples = (rng.standard_normal((SAMPLE_RATE * 3 + 17, channels)) * 6000).clip(-32768, 32767).astype(np.int16)
+    path = tmp_path / "clip.wav"
+    _write_wav(path, samples, SAMPLE_RATE)
+    via_ffmpeg = audio_mod._load_ffmpeg(path, SAMPLE_RATE)
+
+    def no_ffmpeg(*_):
+        raise AssertionError("ffmpeg was called for a 16 kHz PCM WAV")
+
+    monkeypatch.setattr(audio_mod, "_load_ffmpeg", no_ffmpeg)
+    native = load_audio(path)
+    assert native.dtype == np.float32 and native.shape == via_ffmpeg.shape == (len(samples),)
+    assert np.abs(native - via_ffmpeg).max() < 1e-4
+
+
+def test_wav_at_another_rate_goes_through_ffmpeg(tmp_path):
+    rate = 44100
+    t = np.arange(rate * 2) / rate
+    path = tmp_path / "cd.wav"
+    _write_wav(path, (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16), rate)
+    audio = load_audio(path)
+    assert abs(len(audio) - 2 * SAMPLE_RATE) < 100  # resampled to 16 kHz by ffmpeg
+    assert 0.15 < np.abs(audio).max() < 0.3

@@ -9,6 +9,7 @@ import torch
 
 from whisfusion_cli.bench import (BenchOptions, random_models, record_to_dict, run_bench, summarize,
                                   synthetic_speech)
+from whisfusion_cli.decoding import head_sizes
 from whisfusion_cli.segment import split_windows
 
 LATENCY_KEYS = {"engine", "duration_s", "total_ms", "encoder_ms", "decoder_ms", "overhead_ms",
@@ -74,6 +75,9 @@ def test_cuda_graphs_match_eager():
     assert pdd_asr.decode_windows(clips, opts) == eager
     assert pdd_asr.decode_windows(clips, opts) == eager  # replay of the captured graphs
     assert len(pdd_asr.graphs.graphs) == 1
+    captured = next(iter(pdd_asr.graphs.graphs.values()))
+    length = captured.canvas.shape[1]
+    assert set(captured.heads) == {length, *head_sizes(opts.schedule, length)}  # one graph per head size
 
 
 def test_bench_command_writes_the_record(tmp_path):
@@ -90,3 +94,43 @@ def test_bench_command_writes_the_record(tmp_path):
     assert record["summary"]["long_form_rtfx"] is None  # not asked for
     bad = CliRunner().invoke(app, ["bench", "--presets", "turbo", "--encoder", "test-tiny", "--decoder", "test-tiny"])
     assert bad.exit_code == 2 and "unknown preset" in bad.output
+
+
+def test_bench_gpu_script_on_a_model_dir(tiny_model, tmp_path, capsys, one_thread):
+    """benchmarks/bench_gpu.py --model on CPU: real model vs a forced random AR decoder on its encoder."""
+    import importlib.util
+    from pathlib import Path
+
+    from whisfusion_cli.checkpoint import save_whisfusion
+
+    model_dir = save_whisfusion(tiny_model.net, tiny_model.cfg, tiny_model.tokenizer, tmp_path / "model")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu", script)
+    bench_gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_gpu)
+    bench_gpu.main(["--out", str(tmp_path / "out"), "--model", str(model_dir), "--device", "cpu",
+                    "--variants", "compile", "--repeats", "1", "--presets", "fast", "--durations", "2"])
+    for variant in ("compile",):  # on CPU there are no graphs to compile into: the eager decoder
+        d = json.loads((tmp_path / "out" / f"bench_{variant}.json").read_text())
+        meta = d["meta"]
+        assert meta["weights"] == f"model {model_dir} (real) + random AR decoder"
+        assert meta["ar_forced"] is True and meta["pdd_random"] is False and meta["variant"] == variant
+        rows = {r["engine"]: r for r in d["latency"]}
+        assert set(rows) == {"pdd-fast", "ar-greedy"} and all(set(r) == LATENCY_KEYS for r in rows.values())
+        assert rows["ar-greedy"]["decoder_tokens"] == 7  # forced: 3.5 tokens/s x 2 s
+        clip = synthetic_speech(2.0, seed=2)
+        emitted = tiny_model.decode_windows([clip], tiny_model.options("fast"))[0].n_tokens
+        assert rows["pdd-fast"]["decoder_tokens"] == emitted  # the real model's own output, seed 0
+        assert meta["compile_error"] is None and set(d["summary"]) >= {"accurate_longest_ms", "speedup_vs_ar"}
+    assert "compile {" in capsys.readouterr().out
+
+
+def test_ar_baseline_shares_the_encoder(tiny_model):
+    from whisfusion_cli.bench import ar_baseline
+
+    ar = ar_baseline(tiny_model)
+    theirs, ours = ar.net.encoder.state_dict(), tiny_model.net.encoder.state_dict()
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
+    assert ar.net.decoder.config.n_vocab == 51865 and ar.net.decoder.config.n_text_state == 64
+    ar.forced_tokens = 5
+    assert ar.decode_windows([synthetic_speech(1.0)])[0].n_tokens == 5

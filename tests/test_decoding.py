@@ -180,3 +180,62 @@ def test_default_schedule_for_a_bare_step_count():
 def test_preset_name_ignores_the_seed():
     assert DecodingOptions.from_preset("fast", seed=42).preset_name == "fast"
     assert DecodingOptions.from_preset("fast", k=7).preset_name is None
+
+
+def _tiny_decoders(family: str, tiny_model):
+    """(decoder, cross K/V of 2 random windows, mask id) for either decoder family."""
+    if family == "smdm":
+        dec, mask_id = tiny_model.net.decoder, tiny_model.cfg.decoder.mask_id
+    else:
+        from whisfusion_cli.config import WhisperMDMConfig
+        from whisfusion_cli.whisper_mdm import WhisperMDMDecoder
+
+        cfg = WhisperMDMConfig(n_vocab=300, n_text_ctx=64, n_text_state=64, n_text_head=4, n_text_layer=2,
+                               n_text_mlp=128, prefix=(290, 291), max_seq_len=48)
+        torch.manual_seed(0)
+        dec, mask_id = WhisperMDMDecoder(cfg).eval(), cfg.mask_id
+    torch.manual_seed(1)
+    return dec, dec.cross_kv(torch.randn(2, 40, 64), torch.tensor([30, 40])), mask_id
+
+
+@pytest.mark.parametrize("family", ["smdm", "whisper-mdm"])
+def test_forward_at_positions_equals_the_full_head(family, tiny_model):
+    dec, kv, mask_id = _tiny_decoders(family, tiny_model)
+    tokens = torch.randint(0, 250, (6, 20))
+    tokens[:, ::3] = mask_id
+    positions = torch.stack([torch.randperm(20)[:7] for _ in range(6)])  # (6, 7)
+    with torch.no_grad():
+        full, part = dec(tokens, kv), dec(tokens, kv, positions=positions)
+    assert part.shape == (6, 7, full.shape[-1])
+    assert torch.allclose(part, full.gather(1, positions[..., None].expand(-1, -1, full.shape[-1])), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["smdm", "whisper-mdm"])
+@pytest.mark.parametrize("scope", ["text", "canvas"])
+def test_head_at_remasked_positions_only_gives_the_same_pdd(family, scope, tiny_model):
+    dec, kv, mask_id = _tiny_decoders(family, tiny_model)
+    seen: list[int] = []
+
+    def at_positions(canvas, positions=None):
+        seen.append(canvas.shape[1] if positions is None else positions.shape[1])
+        return dec(canvas, kv, positions=positions)
+
+    for rule in ("low_confidence", "random"):
+        opts = DecodingOptions(k=3, steps=4, schedule=(1.0, 0.6, 0.35, 0.15), remask=rule, scope=scope, seed=11)
+        full = pdd(lambda c: dec(c, kv), 2, 32, mask_id, EOS, opts, CPU)
+        seen.clear()
+        part = pdd(at_positions, 2, 32, mask_id, EOS, opts, CPU)
+        assert seen == [32, 20, 12, 5]  # ceil(rho_t * 32) after the full first step
+        assert torch.equal(part.candidates, full.candidates) and torch.equal(part.best, full.best)
+        assert torch.allclose(part.token_confidence, full.token_confidence, atol=1e-6)
+        assert not (part.candidates == mask_id).any()
+
+
+def test_head_sizes_bound_both_remask_rules():
+    from whisfusion_cli.decoding import head_sizes
+
+    assert head_sizes((1.0, 0.9, 0.5), 20) == (20, 18, 10)
+    assert head_sizes((1.0, 1.0, 0.01), 16) == (16, 16, 1)
+    for length in range(1, 80):
+        for rho in (0.15, 0.35, 0.5, 0.6, 0.8, 0.85, 0.9, 0.95):
+            assert round(rho * length) <= head_sizes((1.0, rho), length)[1] <= length

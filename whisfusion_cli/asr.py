@@ -23,7 +23,7 @@ from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_windows
 from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
                          resolve_model_dir)
 from .config import DecodingOptions, WhisfusionConfig
-from .decoding import canvas_length, canvas_to_ids, pdd
+from .decoding import DecoderFn, canvas_length, canvas_to_ids, head_sizes, pdd
 from .errors import CheckpointError
 from .fastpath import GraphedDecoder
 from .model import Whisfusion
@@ -140,9 +140,15 @@ class WhisfusionASR(ASRModel):
         self.graphs: GraphedDecoder | None = None
         self.use_cuda_graphs(self.device.type == "cuda" and os.environ.get("WHISFUSION_CUDA_GRAPHS", "1") != "0")
 
-    def use_cuda_graphs(self, enabled: bool) -> None:
-        """Replays captured CUDA graphs of the decoder (CUDA only; WHISFUSION_CUDA_GRAPHS=0 disables)."""
-        self.graphs = GraphedDecoder(self.net.decoder) if enabled and self.device.type == "cuda" else None
+    def use_cuda_graphs(self, enabled: bool, compile: bool = False) -> None:
+        """Replays captured CUDA graphs of the decoder (CUDA only; WHISFUSION_CUDA_GRAPHS=0 disables).
+
+        compile: opt-in `torch.compile` of the decoder's forward inside the graphs (slow first
+        batch per shape; falls back to the plain forward if compilation fails, see
+        `self.graphs.compile_error`).
+        """
+        on = enabled and self.device.type == "cuda"
+        self.graphs = GraphedDecoder(self.net.decoder, compile=compile) if on else None
 
     def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions:
         return self.cfg.decoding_options(preset, **overrides)
@@ -160,19 +166,23 @@ class WhisfusionASR(ASRModel):
         max_len = self.cfg.decoder.max_seq_len
         longest = max(len(w) for w in windows) / SAMPLE_RATE
         canvas_len = min(options.canvas_len or canvas_length(longest, max_len), max_len)
-        out = pdd(self._decoder_fn(xa, n_frames, len(windows) * options.k, canvas_len), len(windows),
-                  canvas_len, self.cfg.decoder.mask_id, self.cfg.eos_id, options, self.device)
+        decoder = self._decoder_fn(xa, n_frames, len(windows) * options.k, canvas_len,
+                                   head_sizes(options.schedule, canvas_len))
+        out = pdd(decoder, len(windows), canvas_len, self.cfg.decoder.mask_id, self.cfg.eos_id, options,
+                  self.device)
         self.stopwatch.lap("decode")
         best = out.best.tolist()
         return [self._result(out.candidates[i], out.token_confidence[i], best[i], float(out.confidence[i]),
                              options.dedupe) for i in range(len(windows))]
 
-    def _decoder_fn(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int):  # -> DecoderFn
-        """canvas -> logits for this batch; adapter K/V computed once, here, for all k x N passes."""
+    def _decoder_fn(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
+                    sizes: tuple[int, ...]) -> DecoderFn:
+        """canvas [, positions] -> logits for this batch; adapter K/V computed once, here, for all k x N
+        passes. `sizes`: the head sizes P_t PDD will ask for (graphs are captured for each)."""
         if self.graphs is not None:
-            return self.graphs.prepare(xa, n_frames, n_rows, canvas_len)
+            return self.graphs.prepare(xa, n_frames, n_rows, canvas_len, sizes)
         cross_kv = self.net.decoder.cross_kv(xa, n_frames)
-        return lambda canvas: self.net.decoder(canvas, cross_kv)
+        return lambda canvas, positions=None: self.net.decoder(canvas, cross_kv, positions=positions)
 
     def _result(self, candidates: Tensor, token_conf: Tensor, best: int, confidence: float,
                 dedupe: float) -> WindowResult:

@@ -7,6 +7,7 @@ normalisation (librosa's defaults), log10 clamped to (max - 8), then (x + 4) / 4
 
 from __future__ import annotations
 
+import wave
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +27,7 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # the encoder's conv stride 2: one state per 20 ms
 N_AUDIO_CTX = N_SAMPLES // N_SAMPLES_PER_TOKEN  # 1500 encoder states per 30 s window
 FRAME_MARGIN = 10  # encoder states (200 ms) kept past the audio's end
+WAV_CHUNK_FRAMES = 1 << 20  # frames per read of a native WAV (~65 s at 16 kHz)
 
 
 def audio_frames(n_samples: int, margin: int = FRAME_MARGIN) -> int:
@@ -40,17 +42,47 @@ def audio_frames(n_samples: int, margin: int = FRAME_MARGIN) -> int:
 def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Decodes any media file ffmpeg reads (first audio stream) into mono float32 at `sr` Hz.
 
-    The PCM is read from ffmpeg's pipe in chunks and converted into one float32 buffer sized
-    from the container's duration, so a long file is not held in memory twice.
+    A 16-bit PCM WAV already at `sr` Hz is read directly (no ffmpeg process; channels averaged).
+    Otherwise the PCM is read from ffmpeg's pipe in chunks and converted into one float32 buffer
+    sized from the container's duration, so a long file is not held in memory twice.
 
     Raises:
         AudioError: the file is missing, unreadable, or has no audio stream.
     """
-    import ffmpeg  # ffmpeg-python: a thin, well-kept wrapper over the ffmpeg binary
-
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such file")
+    audio = _read_pcm_wav(path, sr)
+    return audio if audio is not None else _load_ffmpeg(path, sr)
+
+
+def _read_pcm_wav(path: Path, sr: int) -> np.ndarray | None:
+    """Mono float32 of a 16-bit PCM WAV at `sr` Hz via the stdlib; None for anything else (ffmpeg's job)."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            n_channels = w.getnchannels()
+            if w.getsampwidth() != 2 or w.getframerate() != sr or w.getcomptype() != "NONE":
+                return None
+            out = np.empty(w.getnframes(), np.float32)
+            n = 0
+            while chunk := w.readframes(WAV_CHUNK_FRAMES):
+                frames = np.frombuffer(chunk[: len(chunk) // (2 * n_channels) * 2 * n_channels], "<i2")
+                frames = frames.reshape(-1, n_channels)  # (n, channels)
+                mono = frames[:, 0] * np.float32(1 / 32768) if n_channels == 1 else \
+                    frames.mean(1, dtype=np.float32) * np.float32(1 / 32768)
+                if n + len(mono) > len(out):  # the header undercounted
+                    out = np.resize(out, n + len(mono))
+                out[n: n + len(mono)] = mono
+                n += len(mono)
+    except (wave.Error, EOFError, OSError, ValueError):  # not a plain PCM WAV, or damaged: ffmpeg decides
+        return None
+    return out[:n]
+
+
+def _load_ffmpeg(path: Path, sr: int) -> np.ndarray:
+    """Any media file through an ffmpeg process: first audio stream, mono, `sr` Hz, float32."""
+    import ffmpeg  # ffmpeg-python: a thin, well-kept wrapper over the ffmpeg binary
+
     stream = (ffmpeg.input(str(path), threads=0)
               .output("-", format="s16le", acodec="pcm_s16le", ac=1, ar=sr, map="0:a:0", loglevel="error"))
     try:

@@ -89,10 +89,30 @@ def random_models(encoder: str, decoder: str, device: torch.device,
     torch.manual_seed(0)
     net = Whisfusion(enc, dec).to(device=device, dtype=dtype).eval()
     pdd_asr = WhisfusionASR(net, WhisfusionConfig(enc, dec, eos_id=tok.eos_id), tok, f"random {encoder}+{decoder}")
+    return pdd_asr, ar_baseline(pdd_asr, f"random whisper ({encoder})")
+
+
+def ar_baseline(pdd_asr: WhisfusionASR, name: str = "") -> WhisperASR:
+    """An AR Whisper with `pdd_asr`'s encoder (same weights) and a random text decoder of the
+    encoder's size (whisper-base's shape for a base encoder); force its length (`forced_tokens`)."""
+    enc = pdd_asr.cfg.encoder
     text = WhisperTextConfig(51865, 448, enc.n_audio_state, enc.n_audio_head, enc.n_audio_layer, enc.n_audio_mlp)
-    ar_net = WhisperModel(enc, text).to(device=device, dtype=dtype).eval()
-    ar_net.encoder.load_state_dict(net.encoder.state_dict())  # the same encoder for both engines
-    return pdd_asr, WhisperASR(ar_net, _fake_whisper_tokenizer(), f"random whisper ({encoder})")
+    torch.manual_seed(0)
+    ar_net = WhisperModel(enc, text).to(device=pdd_asr.device, dtype=pdd_asr.dtype).eval()
+    ar_net.encoder.load_state_dict(pdd_asr.net.encoder.state_dict())  # the same encoder for both engines
+    return WhisperASR(ar_net, _fake_whisper_tokenizer(), name or f"{pdd_asr.name} encoder + random AR decoder")
+
+
+def model_and_baseline(model_dir: str | Path, device: torch.device,
+                       dtype: torch.dtype) -> tuple[WhisfusionASR, WhisperASR]:
+    """A real whisfusion model and its `ar_baseline` (a random AR decoder on the same encoder)."""
+    from .asr import load_model
+    from .errors import CheckpointError
+
+    pdd_asr = load_model(model_dir, device, dtype)
+    if not isinstance(pdd_asr, WhisfusionASR):
+        raise CheckpointError(f"{model_dir}: not a whisfusion model")
+    return pdd_asr, ar_baseline(pdd_asr)
 
 
 def _median_ms(fn: Callable[[], Any], asr: ASRModel, repeats: int, warmup: int) -> dict[str, float]:
@@ -124,7 +144,7 @@ def _engines(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None,
 
 
 def latency(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None, opts: BenchOptions,
-            ar_forced: bool) -> list[dict[str, Any]]:
+            ar_forced: bool, pdd_random: bool) -> list[dict[str, Any]]:
     """Per-utterance latency (batch of one) for each engine and duration bucket."""
     rows = []
     for seconds in opts.durations:
@@ -135,15 +155,16 @@ def latency(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None, opts: Benc
             result: list[Any] = []
             stats = _median_ms(lambda: result.append(asr.decode_windows([clip], dopts)[0]), asr,
                                opts.repeats, opts.warmup)
-            tokens = _decoder_tokens(result[-1], seconds, ar_forced)
+            tokens = _decoder_tokens(result[-1], seconds, pdd_random and not isinstance(asr, WhisperASR))
             rows.append({"engine": name, "duration_s": seconds, **stats, "decoder_tokens": tokens,
                          "decoder_tokens_per_s": round(tokens / max(stats["decoder_ms"], 1e-6) * 1e3, 1)})
     return rows
 
 
 def _decoder_tokens(result: Any, seconds: float, random_weights: bool) -> int:
-    """Transcript tokens the decoder emitted; for random weights the realistic count that the
-    AR baseline is forced to, so both engines' tokens/s count the same tokens."""
+    """Transcript tokens the decoder emitted (a forced AR baseline emits exactly its forced count);
+    for a random-weight PDD model the realistic count the AR baseline is forced to, so both
+    engines' tokens/s count the same tokens."""
     return max(1, round(TOKENS_PER_SECOND_AR * seconds)) if random_weights else int(result.n_tokens)
 
 
@@ -180,7 +201,7 @@ def write_wav(path: Path, audio: np.ndarray) -> Path:
 
 def long_form(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None, opts: BenchOptions,
               ar_forced: bool) -> list[dict[str, Any]]:
-    """End to end on one long file: ffmpeg decode -> windows -> batched encoder -> decoder -> writers."""
+    """End to end on one long WAV file: read -> windows -> batched encoder -> decoder -> writers."""
     from .transcribe import Job, TranscribeOptions, transcribe_files
 
     rows = []
@@ -201,18 +222,28 @@ def long_form(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None, opts: Be
 
 
 def run_bench(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None, opts: BenchOptions,
-              weights: str, progress: Callable[[str], None] | None = None) -> BenchRecord:
-    """Runs every section; `weights` says which weights were used ("random" or paths)."""
+              weights: str, progress: Callable[[str], None] | None = None, ar_forced: bool | None = None,
+              pdd_random: bool | None = None) -> BenchRecord:
+    """Runs every section.
+
+    Args:
+        weights: the record's label for the weights used ("random", paths, ...).
+        ar_forced: force the AR baseline to TOKENS_PER_SECOND_AR tokens per second of audio (a
+            random-weight AR decoder); default: weights == "random".
+        pdd_random: the PDD model has random weights, so its tokens/s counts the AR baseline's
+            forced tokens instead of its own output; default: weights == "random".
+    """
     say = progress or (lambda _: None)
-    ar_forced = weights == "random"
+    ar_forced = weights == "random" if ar_forced is None else ar_forced
+    pdd_random = weights == "random" if pdd_random is None else pdd_random
     asr = pdd_asr or ar_asr
     assert asr is not None, "nothing to benchmark"
     device = asr.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rec = BenchRecord(meta=_meta(asr, weights, opts))
+    rec = BenchRecord(meta=_meta(asr, weights, opts) | {"ar_forced": ar_forced, "pdd_random": pdd_random})
     say("latency per duration bucket")
-    rec.latency = latency(pdd_asr, ar_asr, opts, ar_forced)
+    rec.latency = latency(pdd_asr, ar_asr, opts, ar_forced, pdd_random)
     say("latency versus transcript length")
     rec.length_sweep = length_sweep(pdd_asr, ar_asr, opts)
     if opts.long_form_min > 0:

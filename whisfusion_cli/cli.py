@@ -263,7 +263,8 @@ def bench(
     """Time both engines side by side on one device: latency per bucket, tokens/s, long-form RTFx."""
     import json
 
-    from .bench import BenchOptions, random_models, record_to_dict, run_bench, summarize
+    from .asr import WhisfusionASR
+    from .bench import BenchOptions, ar_baseline, random_models, record_to_dict, run_bench, summarize
     from .checkpoint import resolve_device, resolve_dtype
     from .transcribe import load_model
 
@@ -279,12 +280,16 @@ def bench(
         weights = "random"
         if model or baseline:
             pdd_asr = load_model(model, dev, dt) if model else pdd_asr
-            ar_asr = load_model(baseline, dev, dt) if baseline else ar_asr
+            if baseline:
+                ar_asr = load_model(baseline, dev, dt)
+            elif isinstance(pdd_asr, WhisfusionASR):  # a random AR decoder on the model's own encoder
+                ar_asr = ar_baseline(pdd_asr)
             weights = f"model={model or 'random'} baseline={baseline or 'random'}"
     except (WhisfusionError, ValueError) as e:
         raise fail(str(e), 2) from None
     with err.status("benchmarking") as status:
-        rec = run_bench(pdd_asr, ar_asr, opts, weights, lambda m: status.update(m))  # type: ignore[arg-type]
+        rec = run_bench(pdd_asr, ar_asr, opts, weights, lambda m: status.update(m),  # type: ignore[arg-type]
+                        ar_forced=not baseline, pdd_random=not model)
     record = record_to_dict(rec) | {"summary": summarize(rec)}
     table = Table(title=f"whisfusion bench ({rec.meta['device']}, {rec.meta['dtype']}, {weights} weights)")
     table.add_column("engine", no_wrap=True)

@@ -9,6 +9,7 @@ whatever the transcript length. Functions are small and sync-free so the loop ca
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from torch import Tensor
 from .config import DecodingOptions
 from .diffusion import select_remask, select_remask_scoped
 
-DecoderFn = Callable[[Tensor], Tensor]  # canvas (B*k, L) -> logits (B*k, L, V)
+DecoderFn = Callable[..., Tensor]
+"""canvas (B*k, L) -> logits (B*k, L, V). A decoder fn that also takes a `positions` keyword, (B*k, P)
+int64 or None, returns logits (B*k, P, V) at those positions only: PDD then skips the output head
+(most of a pass's FLOPs with a 51,865-token vocabulary) where no token can change."""
 TOKENS_PER_SECOND = 8  # canvas positions per second of audio: well above fast speech (~5 tokens/s)
 MIN_CANVAS = 16
 CANVAS_MULTIPLE = 16  # canvas lengths are rounded up to this: few distinct shapes (CUDA graphs, kernels)
@@ -60,9 +64,9 @@ def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
 
 def sample_candidates(logits: Tensor, k: int, temperature: float, generator: torch.Generator) -> Tensor:
     """Gumbel-max sampling of (B*k, L) ids from (B*k, L, V) logits; candidate 0 of each window is greedy."""
-    gumbel = -torch.log(-torch.log(torch.rand(logits.shape, device=logits.device, generator=generator)
-                                   .clamp_(1e-20, 1.0 - 1e-7)))
-    sampled = (logits.float() / max(temperature, 1e-6) + gumbel).argmax(-1)
+    noise = torch.rand(logits.shape, device=logits.device, generator=generator)  # (N, L, V) fp32
+    noise.clamp_(1e-20, 1.0 - 1e-7).log_().neg_().log_().neg_()  # Gumbel(0, 1), in place
+    sampled = noise.add_(logits, alpha=1.0 / max(temperature, 1e-6)).argmax(-1)  # no fp32 copy of the logits
     greedy = logits.argmax(-1)
     is_first = (torch.arange(logits.shape[0], device=logits.device) % k == 0)[:, None]
     return torch.where(is_first, greedy, sampled)
@@ -81,19 +85,61 @@ def mean_confidence(canvas: Tensor, confidence: Tensor, eos_id: int) -> Tensor:
     return (confidence * keep).sum(-1) / keep.sum(-1).clamp(min=1.0)
 
 
-def predict(decoder: DecoderFn, canvas: Tensor, confidence: Tensor, mask_id: int, first: bool,
-            k: int, options: DecodingOptions, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """One PDD step: fill every masked position, record each new token's probability."""
-    logits = decoder(canvas)  # (N, L, V), the model's dtype
-    if first:
-        pred = sample_candidates(logits, k, options.temperature, generator)
-    else:
+def head_sizes(schedule: tuple[float, ...], canvas_len: int) -> tuple[int, ...]:
+    """P_t, the positions each PDD step computes logits at: all L first, then min(L, ceil(rho_t L)).
+
+    A static upper bound on the positions any row re-masks: `select_remask` re-masks round(rho L),
+    `select_remask_scoped` round(rho |scope|) <= round(rho L).
+    """
+    return tuple(canvas_len if step == 0 else min(canvas_len, math.ceil(rho * canvas_len))
+                 for step, rho in enumerate(schedule))
+
+
+def takes_positions(decoder: DecoderFn) -> bool:
+    """Whether `decoder` accepts a `positions` keyword (see DecoderFn)."""
+    try:
+        return "positions" in inspect.signature(decoder).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return False
+
+
+def token_probability(logits: Tensor, pred: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(ids, probabilities) of `pred` (default: the argmax) under logits (..., V), both (...).
+
+    p = exp(logit - logsumexp); the sum of exponentials accumulates in fp32 without an fp32 copy
+    of the logits (logsumexp of bf16 logits rounds its result to bf16: a few percent off in p).
+    """
+    top = logits.amax(-1, keepdim=True)  # (..., 1)
+    if pred is None:
         pred = logits.argmax(-1)
-    # p(pred) = exp(logit - logsumexp): no (N, L, V) fp32 softmax is materialised
-    chosen = logits.gather(-1, pred[..., None])[..., 0].float()
-    prob = torch.exp(chosen - torch.logsumexp(logits, -1).float())  # (N, L)
-    masked = canvas == mask_id
-    return torch.where(masked, pred, canvas), torch.where(masked, prob, confidence)
+        chosen = top[..., 0]
+    else:
+        chosen = logits.gather(-1, pred[..., None])[..., 0]
+    total = (logits - top).exp_().sum(-1, dtype=torch.float32)  # (...) fp32, >= 1
+    return pred, torch.exp((chosen - top[..., 0]).float()) / total
+
+
+def predict(decoder: DecoderFn, canvas: Tensor, confidence: Tensor, mask_id: int, first: bool,
+            k: int, options: DecodingOptions, generator: torch.Generator,
+            n_positions: int | None = None) -> tuple[Tensor, Tensor]:
+    """One PDD step: fill every masked position, record each new token's probability.
+
+    With `n_positions` P (later steps, a decoder that takes positions), logits are computed only
+    at each row's first P positions in re-mask order: all its masked positions (<= P), then others.
+    """
+    masked = canvas == mask_id  # (N, L)
+    if n_positions is None:
+        logits = decoder(canvas)  # (N, L, V), the model's dtype
+        sampled = sample_candidates(logits, k, options.temperature, generator) if first else None
+        pred, prob = token_probability(logits, sampled)  # (N, L) each
+        return torch.where(masked, pred, canvas), torch.where(masked, prob, confidence)
+    # stable sort: masked positions first, each group in canvas order; no host sync
+    positions = masked.to(torch.uint8).sort(dim=-1, descending=True, stable=True).indices[:, :n_positions]  # (N, P)
+    pred, prob = token_probability(decoder(canvas, positions=positions))  # (N, P) each
+    hit = masked.gather(1, positions)
+    new_tokens = torch.where(hit, pred, canvas.gather(1, positions))
+    new_conf = torch.where(hit, prob, confidence.gather(1, positions))
+    return canvas.scatter(1, positions, new_tokens), confidence.scatter(1, positions, new_conf)
 
 
 @torch.inference_mode()
@@ -102,7 +148,9 @@ def pdd(decoder: DecoderFn, n_windows: int, canvas_len: int, mask_id: int, eos_i
     """Runs PDD for `n_windows` audio windows whose adapter K/V the `decoder` closure already holds.
 
     Args:
-        decoder: maps a canvas (n_windows * k, L) to logits; candidates are window-major.
+        decoder: maps a canvas (n_windows * k, L) to logits; candidates are window-major. If it
+            takes `positions` (see DecoderFn), steps after the first compute logits only at the
+            P_t = `head_sizes` positions per row that can change; the result is the same.
         canvas_len: L, the number of token positions (text + end-of-text padding).
         mask_id, eos_id: the [MASK] and end-of-text ids.
         options: k, steps, schedule, re-mask rule, temperature, seed.
@@ -112,6 +160,7 @@ def pdd(decoder: DecoderFn, n_windows: int, canvas_len: int, mask_id: int, eos_i
     generator = make_generator(device, options.seed)
     canvas = torch.full((n, canvas_len), mask_id, dtype=torch.long, device=device)
     confidence = torch.zeros(n, canvas_len, device=device)
+    sizes = head_sizes(options.schedule, canvas_len) if takes_positions(decoder) else (canvas_len,) * options.steps
     for step, rho in enumerate(options.schedule):
         if step > 0:
             if options.scope == "text":
@@ -119,7 +168,9 @@ def pdd(decoder: DecoderFn, n_windows: int, canvas_len: int, mask_id: int, eos_i
             else:
                 remask = select_remask(confidence, round(rho * canvas_len), options.remask, generator)
             canvas = canvas.masked_fill(remask, mask_id)
-        canvas, confidence = predict(decoder, canvas, confidence, mask_id, step == 0, k, options, generator)
+        n_positions = sizes[step] if sizes[step] < canvas_len else None
+        canvas, confidence = predict(decoder, canvas, confidence, mask_id, step == 0, k, options, generator,
+                                     n_positions)
     scores = mean_confidence(canvas, confidence, eos_id).view(n_windows, k)
     best = scores.argmax(-1)  # (B,)
     candidates = canvas.view(n_windows, k, canvas_len)

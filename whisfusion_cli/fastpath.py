@@ -4,24 +4,43 @@ One decoder pass is ~1,000 small kernels (18 blocks of norms, RoPE, attention, a
 so at inference batch sizes the GPU waits on kernel launches, not on math. For each shape
 (windows, audio frames, candidates x canvas) we capture two graphs once: the adapters' keys and
 values from the encoder states, and one decoder pass over the canvas. PDD then replays the
-decoder graph N times; its own sampling/re-masking stays eager (a few kernels per step).
+decoder graph N times; its own sampling/re-masking stays eager (a few kernels per step). Steps after
+the first compute the output head only at the P_t positions that can change (decoding.head_sizes),
+so each canvas shape has one decoder graph per P_t, each with a static (N, P_t, V) logits buffer.
+Optionally the decoder's forward is wrapped in `torch.compile` before capture (fused kernels inside
+the graphs); if compilation fails the plain forward is captured instead.
 Shapes are kept few by rounding: canvas lengths to 16 (decoding.canvas_length), audio frames to
 FRAME_BUCKET (asr.WhisfusionASR).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .model import KV, DiffusionDecoder
+from .whisper_mdm import WhisperMDMDecoder
+
+log = logging.getLogger("whisfusion_cli")
 
 MAX_GRAPHS = 24  # captured shapes kept (least recently used evicted)
 MAX_GRAPH_MEMORY = 0.25  # ... and their static logits held to this share of the GPU's memory: with a
 # 51,865-token vocabulary one (240 x 256) canvas alone holds 6.4 GB of bf16 logits
+COMPILE_RECOMPILE_LIMIT = 256  # compiled shapes per forward (torch's default of 8 is too few for shape buckets)
+
+
+@dataclass
+class _Head:
+    """One decoder graph: logits at P positions per row (P = L: every position, no gather)."""
+
+    positions: Tensor | None  # (N, P) static input; None for P = L
+    graph: torch.cuda.CUDAGraph
+    logits: Tensor  # (N, P, V) static output, overwritten by every replay
 
 
 @dataclass
@@ -30,59 +49,125 @@ class _Captured:
     n_frames: Tensor  # (B,)
     canvas: Tensor  # (N, L)
     kv_graph: torch.cuda.CUDAGraph
-    fwd_graph: torch.cuda.CUDAGraph
-    logits: Tensor  # (N, L, V) static output, overwritten by every replay
+    kv: list[KV]  # static output of kv_graph, read by every head graph
+    heads: dict[int, _Head]  # P -> graph
+    forward: Callable[..., Tensor]  # eager fallback for a P that was not captured
 
     @property
     def nbytes(self) -> int:
-        return self.logits.numel() * self.logits.element_size()
+        return sum(h.logits.numel() * h.logits.element_size() for h in self.heads.values())
 
-    def run(self, canvas: Tensor) -> Tensor:
+    def run(self, canvas: Tensor, positions: Tensor | None = None) -> Tensor:
+        """canvas (N, L) [, positions (N, P)] -> logits (N, L or P, V), valid until the next call."""
         self.canvas.copy_(canvas)
-        self.fwd_graph.replay()
-        return self.logits
+        head = self.heads.get(canvas.shape[1] if positions is None else positions.shape[1])
+        if head is None:
+            return self.forward(self.canvas, self.kv, positions=positions)
+        if head.positions is not None:
+            head.positions.copy_(positions)
+        head.graph.replay()
+        return head.logits
 
 
 class GraphedDecoder:
-    """Replays captured CUDA graphs of `decoder.cross_kv` and `decoder.forward` per shape."""
+    """Replays captured CUDA graphs of `decoder.cross_kv` and `decoder.forward` per shape.
 
-    def __init__(self, decoder: DiffusionDecoder):
+    Args:
+        decoder: either decoder family.
+        compile: wrap `decoder.forward` in `torch.compile` (static shapes, autotuned kernels, no
+            cudagraphs of its own) before capture; on any compilation error, `compile_error` says
+            why and the plain forward is used.
+    """
+
+    def __init__(self, decoder: DiffusionDecoder | WhisperMDMDecoder, compile: bool = False):
         self.decoder = decoder
         self.graphs: OrderedDict[tuple[int, ...], _Captured] = OrderedDict()
+        self.forward: Callable[..., Tensor] = decoder.forward
+        self.compile_error: str | None = None
+        if compile:
+            import torch._dynamo
 
-    def prepare(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int):  # -> DecoderFn
-        """Loads this batch's audio states and returns canvas (n_rows, L) -> logits (static buffer)."""
-        key = (*xa.shape, n_rows, canvas_len)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
+                                                       COMPILE_RECOMPILE_LIMIT)
+            self.forward = torch.compile(decoder.forward, dynamic=False, fullgraph=False,
+                                         mode="max-autotune-no-cudagraphs")
+
+    @property
+    def compiled(self) -> bool:
+        return self.forward is not self.decoder.forward
+
+    def prepare(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
+                head_sizes: tuple[int, ...] = ()):  # -> DecoderFn
+        """Loads this batch's audio states and returns canvas (n_rows, L) [, positions (n_rows, P)] -> logits.
+
+        `head_sizes`: the P values PDD will ask for (decoding.head_sizes); one graph each, plus P = L.
+        The logits are a static buffer: read them before the next call.
+        """
+        sizes = tuple(sorted({canvas_len, *(p for p in head_sizes if 0 < p < canvas_len)}))
+        key = (*xa.shape, n_rows, canvas_len, *sizes)
         g = self.graphs.pop(key, None)
         if g is None:
             budget = MAX_GRAPH_MEMORY * torch.cuda.get_device_properties(xa.device).total_memory
-            need = n_rows * canvas_len * self.decoder.config.vocab_size * xa.element_size()
+            need = n_rows * sum(sizes) * self.decoder.config.vocab_size * xa.element_size()
             while self.graphs and (len(self.graphs) >= MAX_GRAPHS
                                    or sum(c.nbytes for c in self.graphs.values()) + need > budget):
                 self.graphs.popitem(last=False)  # least recently used first
             if need > budget:  # too large to keep captured: eager for this shape
                 cross_kv = self.decoder.cross_kv(xa, n_frames)
-                return lambda canvas: self.decoder(canvas, cross_kv)
-            g = self._capture(xa, n_frames, n_rows, canvas_len)
+                return lambda canvas, positions=None: self.forward(canvas, cross_kv, positions=positions)
+            g = self._capture(xa, n_frames, n_rows, canvas_len, sizes)
         self.graphs[key] = g
         g.xa.copy_(xa)
         g.n_frames.copy_(n_frames)
         g.kv_graph.replay()
         return g.run
 
-    def _capture(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int) -> _Captured:
+    def _warm_up(self, canvas: Tensor, xa: Tensor, n_frames: Tensor, sizes: tuple[int, ...]) -> None:
+        """Runs every shape twice outside capture (cuBLAS/SDPA workspaces; compilation if asked)."""
+        dec = self.decoder
+        side = torch.cuda.Stream(xa.device)
+        side.wait_stream(torch.cuda.current_stream(xa.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                kv = dec.cross_kv(xa, n_frames)
+                for p in sizes:
+                    self.forward(canvas, kv, positions=_positions(canvas, p))
+        torch.cuda.current_stream(xa.device).wait_stream(side)
+
+    def _capture(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
+                 sizes: tuple[int, ...]) -> _Captured:
+        """Captures this shape; a compiled forward that fails to compile or capture is dropped for the plain one."""
+        if self.compiled:
+            try:
+                return self._capture_with(xa, n_frames, n_rows, canvas_len, sizes)
+            except Exception as e:  # noqa: BLE001 - any compiler failure
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                self.compile_error = f"{type(e).__name__}: {first}"
+                log.warning("torch.compile failed, capturing the plain decoder: %s", self.compile_error)
+                self.forward = self.decoder.forward
+        return self._capture_with(xa, n_frames, n_rows, canvas_len, sizes)
+
+    def _capture_with(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
+                      sizes: tuple[int, ...]) -> _Captured:
         dec = self.decoder
         xa_s, nf_s = xa.clone(), n_frames.clone()
         canvas_s = torch.full((n_rows, canvas_len), dec.config.mask_id, dtype=torch.long, device=xa.device)
-        side = torch.cuda.Stream(xa.device)
-        side.wait_stream(torch.cuda.current_stream(xa.device))
-        with torch.cuda.stream(side):  # warm-up outside the capture (cuBLAS/SDPA workspaces)
-            for _ in range(2):
-                dec(canvas_s, dec.cross_kv(xa_s, nf_s))
-        torch.cuda.current_stream(xa.device).wait_stream(side)
-        kv_graph, fwd_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        self._warm_up(canvas_s, xa_s, nf_s, sizes)
+        kv_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(kv_graph):
             kv: list[KV] = dec.cross_kv(xa_s, nf_s)
-        with torch.cuda.graph(fwd_graph, pool=kv_graph.pool()):
-            logits = dec(canvas_s, kv)
-        return _Captured(xa_s, nf_s, canvas_s, kv_graph, fwd_graph, logits)
+        heads: dict[int, _Head] = {}
+        for p in sizes:  # graphs share one pool: each replay's output is read before the next replay
+            positions, graph = _positions(canvas_s, p), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=kv_graph.pool()):
+                logits = self.forward(canvas_s, kv, positions=positions)
+            heads[p] = _Head(positions, graph, logits)
+        return _Captured(xa_s, nf_s, canvas_s, kv_graph, kv, heads, self.forward)
+
+
+def _positions(canvas: Tensor, n_positions: int) -> Tensor | None:
+    """Static (N, P) position buffer for a head of P positions; None when P covers the canvas."""
+    n, length = canvas.shape
+    if n_positions >= length:
+        return None
+    return torch.arange(n_positions, device=canvas.device).expand(n, -1).contiguous()

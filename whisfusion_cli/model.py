@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DecoderConfig, EncoderConfig, WhisperMDMConfig
-from .whisper import KV, WhisperEncoder, audio_key_mask
+from .whisper import KV, WhisperEncoder, audio_key_mask, gather_positions
 from .whisper_mdm import WhisperMDMDecoder
 
 
@@ -194,14 +194,15 @@ class DiffusionDecoder(nn.Module):
         key_mask = audio_key_mask(n_frames, xa.shape[1])
         return [block.cross_attn.project_kv(xa, key_mask) for block in self.transformer.h]
 
-    def forward(self, tokens: Tensor, cross_kv: list[KV]) -> Tensor:
+    def forward(self, tokens: Tensor, cross_kv: list[KV], positions: Tensor | None = None) -> Tensor:
+        """Logits (N, L, V), or (N, P, V) at `positions` (N, P) int64 only: the head is skipped elsewhere."""
         t = tokens.shape[1]
         dtype = self.lm_head.weight.dtype
         cos, sin = self.rope_cos[:t].to(dtype), self.rope_sin[:t].to(dtype)  # (T, Dh), once per pass
         x = self.transformer.wte(tokens)  # (N, L, C)
         for block, kv in zip(self.transformer.h, cross_kv):
             x = block(x, kv, cos, sin)
-        return self.lm_head(self.transformer.ln_f(x))  # (N, L, V)
+        return self.lm_head(self.transformer.ln_f(gather_positions(x, positions)))  # (N, L or P, V)
 
 
 class Whisfusion(nn.Module):

@@ -27,6 +27,13 @@ def audio_key_mask(n_frames: Tensor | None, n_states: int) -> Tensor | None:
     return (torch.arange(n_states, device=n_frames.device) < n_frames[:, None])[:, None, None, :]
 
 
+def gather_positions(x: Tensor, positions: Tensor | None) -> Tensor:
+    """x (N, L, C) -> (N, P, C) at positions (N, P) int64; None keeps all L (the diffusion heads' input)."""
+    if positions is None:
+        return x
+    return x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))
+
+
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
     """Whisper's fixed sinusoidal positions for the encoder, (length, channels)."""
     log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)

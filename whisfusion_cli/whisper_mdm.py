@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import WhisperMDMConfig
-from .whisper import KV, DecoderLayer, LayerNorm, audio_key_mask
+from .whisper import KV, DecoderLayer, LayerNorm, audio_key_mask, gather_positions
 
 
 
@@ -60,14 +60,16 @@ class WhisperMDMDecoder(nn.Module):
         key_mask = audio_key_mask(n_frames, xa.shape[1])
         return [(*layer.encoder_attn.project_kv(xa), key_mask) for layer in self.layers]
 
-    def forward(self, tokens: Tensor, cross_kv: list[KV]) -> Tensor:
+    def forward(self, tokens: Tensor, cross_kv: list[KV], positions: Tensor | None = None) -> Tensor:
+        """Logits (N, L, V), or (N, P, V) at `positions` (N, P) int64 only: the head is skipped elsewhere."""
         n, length = tokens.shape
         p = self.prefix.shape[0]  # >= 1 (<|startoftranscript|>), so a shifted read stays inside
         full = torch.cat([self.prefix.expand(n, p), tokens], dim=1)  # (N, P + L)
         x = self.embed_tokens(full) + self.embed_positions.weight[: p + length]
         for layer, kv in zip(self.layers, cross_kv):
             x = layer(x, kv)
-        x = self.layer_norm(x[:, p - 1: p - 1 + length] if self.config.shift and p else x[:, p:])  # (N, L, C)
+        x = x[:, p - 1: p - 1 + length] if self.config.shift and p else x[:, p:]  # (N, L, C)
+        x = self.layer_norm(gather_positions(x, positions))  # (N, L or P, C)
         return x @ self.embed_tokens.weight[: self.config.n_vocab].T  # tied head; [MASK] never predicted
 
     def init_buffers(self) -> None:
