@@ -1,10 +1,11 @@
 """Device run: `whisfusion bench` sections per decoder variant (eager, CUDA graphs, compiled graphs).
 
-    python benchmarks/bench_gpu.py --out DIR [--model DIR] [--long-form MIN] [--variants eager,graphs,compile]
+    python benchmarks/bench_gpu.py --out DIR [--model DIR | --shape-of DIR] [--long-form MIN] [--variants eager,graphs,compile]
         [--encoder whisper-base] [--decoder smdm-170m]
 Without --model: random weights of the given shapes. With --model: that whisfusion model (bf16 on
 cuda) against an AR Whisper whose encoder is the model's and whose text decoder is random, of the
-encoder's size, forced to bench.TOKENS_PER_SECOND_AR tokens per second of audio.
+encoder's size, forced to bench.TOKENS_PER_SECOND_AR tokens per second of audio. With --shape-of:
+random weights of that model's shapes and presets (only config.json and tokenizer.json travel).
 Writes DIR/bench_<variant>.json per variant (the same schema as `whisfusion bench --json`).
 """
 
@@ -19,7 +20,7 @@ import torch
 
 from whisfusion_cli.asr import WhisfusionASR
 from whisfusion_cli.bench import (BenchOptions, model_and_baseline, random_models, record_to_dict, run_bench,
-                                  summarize)
+                                  shaped_like, summarize)
 
 
 def set_variant(pdd_asr: WhisfusionASR, variant: str) -> str | None:
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--model", type=Path, help="a whisfusion model directory (default: random weights)")
+    ap.add_argument("--shape-of", type=Path, help="random weights shaped like this model (config.json only)")
     ap.add_argument("--encoder", default="whisper-base")
     ap.add_argument("--decoder", default="smdm-170m")
     ap.add_argument("--long-form", type=float, default=0.0)
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.model:
         pdd_asr, ar_asr = model_and_baseline(args.model, device, dtype)
         weights = f"model {args.model} (real) + random AR decoder"
+    elif args.shape_of:
+        pdd_asr, ar_asr = shaped_like(args.shape_of, device, dtype)
+        weights = f"random, shaped like {args.shape_of}"
     else:
         pdd_asr, ar_asr = random_models(args.encoder, args.decoder, device, dtype)
         weights = "random"

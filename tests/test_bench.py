@@ -39,7 +39,7 @@ def test_record_schema(record):
     assert [r["tokens"] for r in d["length_sweep"] if r["engine"] == "ar-greedy"] == [4, 8]
     assert {r["engine"] for r in d["long_form"]} == engines
     for row in d["long_form"]:
-        assert row["audio_s"] == 60 and row["windows"] >= 2 and row["rtfx"] > 0
+        assert row["audio_s"] == 60 and row["windows"] >= 2 and row["rtfx"] > 0 and row["cold_wall_s"] > 0
 
 
 def test_summary_names_the_targets(record):
@@ -134,3 +134,18 @@ def test_ar_baseline_shares_the_encoder(tiny_model):
     assert ar.net.decoder.config.n_vocab == 51865 and ar.net.decoder.config.n_text_state == 64
     ar.forced_tokens = 5
     assert ar.decode_windows([synthetic_speech(1.0)])[0].n_tokens == 5
+
+
+def test_shaped_like_reads_only_the_config(tiny_model, tmp_path):
+    from whisfusion_cli.bench import shaped_like
+    from whisfusion_cli.checkpoint import save_whisfusion
+
+    model_dir = save_whisfusion(tiny_model.net, tiny_model.cfg, tiny_model.tokenizer, tmp_path / "model")
+    for shard in model_dir.glob("*.safetensors"):
+        shard.unlink()  # no weights needed
+    pdd_asr, ar = shaped_like(model_dir, torch.device("cpu"), torch.float32)
+    assert pdd_asr.cfg == tiny_model.cfg and pdd_asr.options("fast") == tiny_model.options("fast")
+    shapes = {k: v.shape for k, v in tiny_model.net.state_dict().items()}
+    assert {k: v.shape for k, v in pdd_asr.net.state_dict().items()} == shapes
+    ar.forced_tokens = 3
+    assert ar.decode_windows([synthetic_speech(1.0)])[0].n_tokens == 3

@@ -97,7 +97,7 @@ ModelOpt = Annotated[Optional[str], typer.Option(
 PresetOpt = Annotated[Optional[str], typer.Option(
     "--preset", "-p", help=f"PDD preset: {', '.join(f'{n} (k={p.k}, N={p.steps})' for n, p in PRESETS.items())} "
                            "as in the paper; a model may tune them in its config.json (the bundled one decodes "
-                           "with N=4/8/8 steps, see its MODEL_CARD.md). Default: the model's.")]
+                           "with N=4/8/12 steps, see its MODEL_CARD.md). Default: the model's.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cuda or cpu.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
 

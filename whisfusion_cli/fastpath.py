@@ -74,7 +74,7 @@ class GraphedDecoder:
 
     Args:
         decoder: either decoder family.
-        compile: wrap `decoder.forward` in `torch.compile` (static shapes, autotuned kernels, no
+        compile: wrap `decoder.forward` in `torch.compile` (static shapes, fused kernels, no
             cudagraphs of its own) before capture; on any compilation error, `compile_error` says
             why and the plain forward is used.
     """
@@ -90,7 +90,7 @@ class GraphedDecoder:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
                                                        COMPILE_RECOMPILE_LIMIT)
             self.forward = torch.compile(decoder.forward, dynamic=False, fullgraph=False,
-                                         mode="max-autotune-no-cudagraphs")
+                                         mode="default")  # autotuning every shape took minutes on the H100
 
     @property
     def compiled(self) -> bool:
