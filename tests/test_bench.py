@@ -78,6 +78,14 @@ def test_cuda_graphs_match_eager():
     captured = next(iter(pdd_asr.graphs.graphs.values()))
     length = captured.canvas.shape[1]
     assert set(captured.heads) == {length, *head_sizes(opts.schedule, length)}  # one graph per head size
+    from whisfusion_cli import fastpath
+
+    fastpath.MAX_GRAPH_TOKENS, limit = 1, fastpath.MAX_GRAPH_TOKENS  # every canvas "large": eager, uncaptured
+    try:
+        assert pdd_asr.decode_windows(clips[:1], opts) == pdd_asr.decode_windows(clips[:1], opts)
+        assert len(pdd_asr.graphs.graphs) == 1
+    finally:
+        fastpath.MAX_GRAPH_TOKENS = limit
 
 
 def test_bench_command_writes_the_record(tmp_path):

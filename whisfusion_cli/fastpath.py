@@ -28,6 +28,9 @@ from .whisper_mdm import WhisperMDMDecoder
 
 log = logging.getLogger("whisfusion_cli")
 
+MAX_GRAPH_TOKENS = 16384  # canvases larger than this (rows x L) run eager: compute-bound already, and
+# long-form batches (16 windows x k rows, an L per batch) made a new shape nearly every batch, so each
+# was captured, used once and evicted (H100, 30-min file, balanced: RTFx 571 with graphs, 916 eager)
 MAX_GRAPHS = 24  # captured shapes kept (least recently used evicted)
 MAX_GRAPH_MEMORY = 0.25  # ... and their static logits held to this share of the GPU's memory: with a
 # 51,865-token vocabulary one (240 x 256) canvas alone holds 6.4 GB of bf16 logits
@@ -112,7 +115,7 @@ class GraphedDecoder:
             while self.graphs and (len(self.graphs) >= MAX_GRAPHS
                                    or sum(c.nbytes for c in self.graphs.values()) + need > budget):
                 self.graphs.popitem(last=False)  # least recently used first
-            if need > budget:  # too large to keep captured: eager for this shape
+            if need > budget or n_rows * canvas_len > MAX_GRAPH_TOKENS:  # eager for this shape
                 cross_kv = self.decoder.cross_kv(xa, n_frames)
                 return lambda canvas, positions=None: self.forward(canvas, cross_kv, positions=positions)
             g = self._capture(xa, n_frames, n_rows, canvas_len, sizes)
