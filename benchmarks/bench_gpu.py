@@ -19,8 +19,15 @@ from pathlib import Path
 import torch
 
 from whisfusion_cli.asr import WhisfusionASR
-from whisfusion_cli.bench import (BenchOptions, model_and_baseline, random_models, record_to_dict, run_bench,
-                                  shaped_like, summarize)
+from whisfusion_cli.bench import (
+    BenchOptions,
+    model_and_baseline,
+    random_models,
+    record_to_dict,
+    run_bench,
+    shaped_like,
+    summarize,
+)
 
 
 def set_variant(pdd_asr: WhisfusionASR, variant: str) -> str | None:

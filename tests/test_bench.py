@@ -7,8 +7,14 @@ import json
 import pytest
 import torch
 
-from whisfusion_cli.bench import (BenchOptions, random_models, record_to_dict, run_bench, summarize,
-                                  synthetic_speech)
+from whisfusion_cli.bench import (
+    BenchOptions,
+    random_models,
+    record_to_dict,
+    run_bench,
+    summarize,
+    synthetic_speech,
+)
 from whisfusion_cli.decoding import head_sizes
 from whisfusion_cli.segment import split_windows
 

@@ -442,3 +442,15 @@ def test_start_up_and_tab_completion_are_torch_free() -> None:
                COMP_CWORD="2")
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env)
     assert "--preset" in proc.stdout and "TORCH False" in proc.stderr, (proc.stdout, proc.stderr)
+
+
+def test_bundled_presets_are_the_recipes() -> None:
+    """The shipped config.json carries the presets the recipe chose (recipes/synthetic/presets.json)."""
+    from whisfusion_cli.cli import default_model
+
+    if default_model() is None:
+        pytest.skip("this install has no bundled model")
+    shipped = json.loads((Path(default_model()) / "config.json").read_text())["presets"]
+    chosen = json.loads((ROOT / "recipes" / "synthetic" / "presets.json").read_text())
+    assert shipped == chosen
+    assert [shipped[p]["steps"] == len(shipped[p]["schedule"]) for p in shipped] == [True] * 3

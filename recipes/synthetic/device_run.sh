@@ -17,19 +17,22 @@ set -e
 S=/tmp/stage
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 py() { PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 "$@"; }
-case $1 in
-stage)
-  mkdir -p $S && cp -r "$2"/. $S/ && du -sh $S ;;
-synth)
+start_synth() {  # WORKERS SECONDS [make_dataset.py options]: unpack the voices, start rendering, wait, show
   python3 $S/unpack_debs.py $S/debs /tmp/tts > /tmp/unpack.log
   export TTS_PREFIX=/tmp/tts && . $S/tts-env.sh
   rm -rf /tmp/repo && mkdir /tmp/repo && cp -r "$REPO"/whisfusion_cli "$REPO"/recipes /tmp/repo/
   cd /tmp/repo
   setsid nohup python3 recipes/synthetic/make_dataset.py --books $S/books.txt.xz --sources $S/SOURCES.md \
-    --out /tmp/synth --hours 150 --val-hours 0.2 --test-hours 0.4 --seed 0 --workers 12 --format wav \
-    --voices rhvoice festival pico flite espeak-ng --eval-transcripts $S/evaltrans \
+    --out /tmp/synth --hours 150 --val-hours 0.2 --test-hours 0.4 --seed 0 --workers "$1" --format wav \
+    --voices rhvoice festival pico flite espeak-ng --eval-transcripts $S/evaltrans "${@:3}" \
     > /tmp/synth.log 2>&1 < /dev/null &
-  sleep 45; cat /tmp/synth.log; wc -l /tmp/synth/progress.jsonl ;;
+  sleep "$2"; cat /tmp/synth.log; wc -l /tmp/synth/progress.jsonl
+}
+case $1 in
+stage)
+  mkdir -p $S && cp -r "$2"/. $S/ && du -sh $S ;;
+synth)
+  start_synth 12 45 ;;
 train)
   # the main run ($2 minutes; shipped) and the ablation beside it on the same GPU and data stream: an
   # SMDM-170M-shaped decoder from scratch for 5 minutes, compared with the main run's 5-minute snapshot
@@ -45,15 +48,7 @@ train)
     > /tmp/runC.log 2>&1 < /dev/null &
   sleep 60; tail -n 3 /tmp/run?.log ;;
 synth2)
-  python3 $S/unpack_debs.py $S/debs /tmp/tts > /tmp/unpack.log
-  export TTS_PREFIX=/tmp/tts && . $S/tts-env.sh
-  rm -rf /tmp/repo && mkdir /tmp/repo && cp -r "$REPO"/whisfusion_cli "$REPO"/recipes /tmp/repo/
-  cd /tmp/repo
-  setsid nohup python3 recipes/synthetic/make_dataset.py --books $S/books.txt.xz --sources $S/SOURCES.md \
-    --out /tmp/synth --hours 150 --val-hours 0.2 --test-hours 0.4 --seed 0 --text-stream 2 --workers 14 \
-    --format wav --voices rhvoice festival pico flite espeak-ng --eval-transcripts $S/evaltrans \
-    > /tmp/synth.log 2>&1 < /dev/null &
-  sleep 20; cat /tmp/synth.log; wc -l /tmp/synth/progress.jsonl ;;
+  start_synth 14 20 --text-stream 2 ;;
 go-on)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $S/whl/*.whl
   rm -rf /tmp/repo/whisfusion_cli /tmp/repo/recipes && cp -r "$REPO"/whisfusion_cli "$REPO"/recipes /tmp/repo/
