@@ -50,15 +50,19 @@ def extract(model_dir: Path, out: Path, max_bytes: int = 14 << 20) -> list[Path]
 
 
 def apply(whisper_dir: Path, delta_dir: Path, model_dir: Path, presets: Path | None = None,
-          max_shard_bytes: int = 15_000_000) -> Path:
+          max_shard_bytes: int = 15_000_000, default_preset: str | None = None) -> Path:
     """whisper-mdm from `whisper_dir` with the delta's tensors, saved as fp16 shards; `presets`: a
-    JSON file of this model's tuned decoding presets (WhisfusionConfig.presets)."""
+    JSON file of this model's tuned decoding presets (WhisfusionConfig.presets); `default_preset`:
+    the one `transcribe` uses when none is named."""
     model, _, tok = init_from_whisper(whisper_dir)
     cfg = WhisfusionConfig.from_dict(json.loads((delta_dir / "delta-config.json").read_text()))
     if presets is not None:
         cfg = replace(cfg, presets=json.loads(presets.read_text()))
         for name in cfg.presets:
             cfg.decoding_options(name)  # fail now on a bad preset, not in a user's transcribe
+    if default_preset is not None:
+        cfg = replace(cfg, default_preset=default_preset)
+        cfg.decoding_options()  # an unknown name fails here
     model.decoder.config = cfg.decoder  # e.g. shift, max_seq_len as trained
     delta: dict[str, torch.Tensor] = {}
     for f in sorted(delta_dir.glob("delta-*.safetensors")):
@@ -86,9 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("delta", type=Path)
     a.add_argument("out", type=Path)
     a.add_argument("--presets", type=Path, help="JSON: this model's decoding presets")
+    a.add_argument("--default-preset", help="the preset transcribe uses when none is named (default: balanced)")
     args = p.parse_args(argv)
     print(extract(args.model, args.out) if args.cmd == "extract"
-          else apply(args.whisper, args.delta, args.out, args.presets))
+          else apply(args.whisper, args.delta, args.out, args.presets, default_preset=args.default_preset))
 
 
 if __name__ == "__main__":
