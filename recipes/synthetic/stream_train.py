@@ -170,7 +170,8 @@ def validate(model: Whisfusion, store: Store, wcfg: WhisfusionConfig, tok, n: in
                 values.append(float(masked_diffusion_loss(dec(xt, kv), x0, masked, tt)))
             for steps, counts in errs.items():
                 opts = DecodingOptions(k=1, steps=steps, schedule=(1.0, 0.9, 0.85, 0.8)[:steps])
-                res = pdd(lambda c, kv=kv: dec(c, kv), len(x0), x0.shape[1], mask_id, eos, opts, x0.device)
+                res = pdd(lambda c, positions=None, kv=kv: dec(c, kv, positions=positions), len(x0), x0.shape[1],
+                          mask_id, eos, opts, x0.device)
                 for i, row in zip(idx[s: s + 32], res.tokens):
                     hyp = tok.decode(canvas_to_ids(row, eos, tok.vocab_size))
                     e, w = word_errors(normalize(store.clips["val"][i][3]), normalize(hyp))
