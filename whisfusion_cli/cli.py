@@ -394,7 +394,8 @@ def run_eval(examples: list, skipped: object, model: str | None, preset: str | N
     """Loads the model, evaluates with a progress bar, prints the tables, writes the JSON."""
     import json
 
-    from .evaluate import EvalOptions, evaluate, report_to_dict
+    from .evaluate import EvalOptions, evaluate
+    from .report import report_to_dict
     from .transcribe import load_model
 
     model = model or default_model()
