@@ -1,4 +1,4 @@
-"""WER/CER/oracle-WER/RTF evaluation: normaliser, edit arithmetic, buckets, JSON schema, real runs."""
+"""WER/CER/oracle-WER/RTF evaluation: scripted and real runs, and their reports against the JSON schema."""
 
 from __future__ import annotations
 
@@ -16,105 +16,8 @@ from whisfusion_cli.asr import ASRModel, Stopwatch, WindowResult, load_model
 from whisfusion_cli.audio import SAMPLE_RATE, load_audio
 from whisfusion_cli.config import PRESETS, DecodingOptions
 from whisfusion_cli.data import Example, read_librispeech
-from whisfusion_cli.evaluate import (
-    REPORT_SCHEMA,
-    EvalOptions,
-    Utterance,
-    bucket_of,
-    char_errors,
-    evaluate,
-    normalize,
-    report_to_dict,
-    summarize,
-    validate_report_dict,
-    word_errors,
-)
-
-# ---------------------------------------------------------------- normaliser
-# Expected outputs are openai-whisper's own (tests/test_normalizer.py, and its EnglishTextNormalizer
-# run on the rest), which whisper-normalizer reproduces once its extra rules are removed.
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("Mr. Smith", "mister smith"),
-    ("Mr. Park visited Assoc. Prof. Kim Jr.", "mister park visited associate professor kim junior"),
-    ("Dr. Who", "doctor who"),
-    ("Let's", "let us"),
-    ("he's like", "he is like"),
-    ("she's been like", "she has been like"),
-    ("I'm gonna", "i am going to"),
-    ("won't", "will not"),
-    ("colour", "color"),
-    ("mobilisation", "mobilization"),
-    ("STUFF IT INTO YOU HIS BELLY COUNSELLED HIM", "stuff it into you his belly counseled him"),
-    ("twenty five", "25"),
-    ("nineteen ninety nine", "1999"),
-    ("thirty first", "31st"),
-    ("1st place", "1st place"),
-    ("$20 million", "$20000000"),
-    ("two hundred million dollars", "$200000000"),
-    ("ninety percent", "90%"),
-    ("1,000,000", "1000000"),
-    ("10km", "10 km"),
-    ("HELLO, World!", "hello world"),
-    ("um uh hmm", ""),
-    ("Let's [laughs] go", "let us go"),
-    # rules whisper-normalizer adds to upstream are removed ("cause" -> "because" hit the noun)
-    ("the cause of it", "the cause of it"),
-    ("kinda sorta dunno", "kinda sorta dunno"),
-])
-def test_normalizer_matches_openai_whisper(text, expected):
-    assert normalize(text) == expected
-
-
-# ---------------------------------------------------------------- edit arithmetic
-
-
-def test_word_errors_count_substitutions_deletions_insertions():
-    assert word_errors("a b c d", "a b c d") == (0, 4)
-    assert word_errors("a b c d", "a x c") == (2, 4)  # 1 substitution + 1 deletion
-    assert word_errors("a b", "a b c d") == (2, 2)  # 2 insertions
-    assert word_errors("a b", "") == (2, 2)
-    assert word_errors("", "a b") == (2, 0)
-    assert word_errors("", "") == (0, 0)
-
-
-def test_char_errors_count_spaces_as_characters():
-    assert char_errors("ab cd", "ab cx") == (1, 5)
-    assert char_errors("ab cd", "abcd") == (1, 5)  # the deleted space
-    assert char_errors("ab", "") == (2, 2)
-
-
-def _row(errors: int, ref_words: int, oracle: int | None = None, duration: float = 5.0) -> Utterance:
-    return Utterance("id", "a.flac", "test", duration, bucket_of(duration), "", "", "", "", errors, ref_words,
-                     errors, 4 * ref_words, errors if oracle is None else oracle, (), 1.0, ref_words)
-
-
-def test_rates_are_corpus_level_not_means_of_utterance_rates():
-    m = summarize([_row(1, 2), _row(0, 8)])
-    assert m.wer == pytest.approx(0.1)  # 1 / 10, where the mean of 0.5 and 0 would be 0.25
-    assert m.cer == pytest.approx(1 / 40)
-    assert summarize([]).wer is None and summarize([]).rtf is None
-
-
-def test_oracle_wer_never_exceeds_wer():
-    m = summarize([_row(3, 10, oracle=1), _row(2, 10, oracle=2)])
-    assert (m.wer, m.oracle_wer) == (pytest.approx(0.25), pytest.approx(0.15))
-
-
-@pytest.mark.parametrize("seconds, bucket", [
-    (0.0, "0-10"), (3.2, "0-10"), (10.0, "0-10"), (10.001, "10-20"), (20.0, "10-20"), (20.5, "20-30"),
-    (30.0, "20-30"),
-])
-def test_buckets_are_closed_on_the_right(seconds, bucket):
-    assert bucket_of(seconds) == bucket
-
-
-@pytest.mark.parametrize("seconds", [-1.0, 30.01])
-def test_bucket_of_rejects_durations_outside_one_window(seconds):
-    with pytest.raises(ValueError):
-        bucket_of(seconds)
-
+from whisfusion_cli.evaluate import EvalOptions, evaluate
+from whisfusion_cli.report import REPORT_SCHEMA, report_to_dict, validate_report_dict
 
 # ---------------------------------------------------------------- evaluate with a scripted model
 
@@ -266,7 +169,7 @@ def test_eval_commands_write_a_valid_report(weights_dir, librispeech, tmp_path):
     from typer.testing import CliRunner
 
     from whisfusion_cli.cli import app
-    from whisfusion_cli.evaluate import validate_report_dict
+    from whisfusion_cli.report import validate_report_dict
 
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(app, ["eval", "librispeech", str(librispeech), "--subset", "test-clean", "--model",

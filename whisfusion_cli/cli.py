@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich import box
@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import __version__
-from .config import DEFAULT_PRESET, PRESETS, DecodingOptions, TrainConfig, default_schedule, parse_schedule
+from .config import PRESETS, DecodingOptions, TrainConfig, decoding_overrides, resolve_decoding_options
 from .errors import WhisfusionError
 from .transcript import parse_formats
 
@@ -43,33 +43,6 @@ def default_model() -> str | None:
     """The model bundled with the package, if this install has one."""
     bundled = Path(__file__).parent / "assets" / "default-model"
     return str(bundled) if (bundled / "config.json").is_file() else None
-
-
-def decoding_overrides(k: int | None, steps: int | None, schedule: str | None, seed: int | None) -> dict[str, Any]:
-    """DecodingOptions fields the user set explicitly; raises WhisfusionError for a bad schedule."""
-    overrides: dict[str, Any] = {}
-    if k is not None:
-        overrides["k"] = k
-    if schedule is not None:
-        overrides["schedule"] = parse_schedule(schedule)
-        overrides["steps"] = len(overrides["schedule"])
-    if steps is not None:
-        overrides["steps"] = steps
-        if schedule is None:
-            overrides["schedule"] = default_schedule(steps)
-    if seed is not None:
-        overrides["seed"] = seed
-    return overrides
-
-
-def decoding_options(preset: str | None, overrides: dict[str, Any], model_cfg: Any = None) -> DecodingOptions | None:
-    """Preset + overrides as the loaded model tunes its presets (model_cfg: its WhisfusionConfig), else
-    the paper's; None (nothing asked for): the model's default. Raises WhisfusionError when invalid."""
-    if preset is None and not overrides:
-        return None
-    if model_cfg is not None:
-        return model_cfg.decoding_options(preset, **overrides)
-    return DecodingOptions.from_preset(preset or DEFAULT_PRESET, **overrides)
 
 
 def setup_logging(quiet: bool, verbose: bool) -> None:
@@ -135,7 +108,7 @@ def transcribe(
     try:
         fmts = parse_formats(formats)
         overrides = decoding_overrides(k, steps, schedule, seed)
-        options = decoding_options(preset, overrides)  # checked now; resolved against the model below
+        options = resolve_decoding_options(preset, overrides)  # checked now; resolved against the model below
         model = model or default_model()
         if model is None:
             raise fail("no bundled model in this install; pass --model DIR|REPO "
@@ -154,7 +127,7 @@ def transcribe(
     try:
         asr = load_model(model, device, dtype)
         if options is not None and isinstance(asr, WhisfusionASR):
-            options = decoding_options(preset, overrides, asr.cfg)  # the model's own presets
+            options = resolve_decoding_options(preset, overrides, asr.cfg)  # the model's own presets
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
     topts = TranscribeOptions(fmts, overwrite or to_stdout, batch_size, not to_stdout, options)
@@ -394,17 +367,18 @@ def run_eval(examples: list, skipped: object, model: str | None, preset: str | N
     """Loads the model, evaluates with a progress bar, prints the tables, writes the JSON."""
     import json
 
-    from .evaluate import EvalOptions, evaluate, report_to_dict
+    from .evaluate import EvalOptions, evaluate
+    from .report import report_to_dict
     from .transcribe import load_model
 
     model = model or default_model()
     if model is None:
         raise fail("no bundled model in this install; pass --model DIR|REPO", 2)
     try:
-        options = decoding_options(preset, {})
+        options = resolve_decoding_options(preset, {})
         asr = load_model(model, device, dtype)
         if options is not None and asr.engine == "pdd":
-            options = decoding_options(preset, {}, asr.cfg)  # type: ignore[attr-defined]
+            options = resolve_decoding_options(preset, {}, asr.cfg)  # type: ignore[attr-defined]
         eopts = EvalOptions(batch_size=batch_size, limit=limit, options=options)
     except WhisfusionError as e:
         raise fail(str(e), 2) from None

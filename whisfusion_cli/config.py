@@ -263,6 +263,34 @@ def parse_schedule(text: str) -> tuple[float, ...]:
     return values
 
 
+def decoding_overrides(k: int | None, steps: int | None, schedule: str | None, seed: int | None) -> dict[str, Any]:
+    """DecodingOptions fields the user set explicitly (CLI flags); raises WhisfusionError for a bad schedule."""
+    overrides: dict[str, Any] = {}
+    if k is not None:
+        overrides["k"] = k
+    if schedule is not None:
+        overrides["schedule"] = parse_schedule(schedule)
+        overrides["steps"] = len(overrides["schedule"])
+    if steps is not None:
+        overrides["steps"] = steps
+        if schedule is None:
+            overrides["schedule"] = default_schedule(steps)
+    if seed is not None:
+        overrides["seed"] = seed
+    return overrides
+
+
+def resolve_decoding_options(preset: str | None, overrides: dict[str, Any],
+                             model_cfg: WhisfusionConfig | None = None) -> DecodingOptions | None:
+    """Preset + overrides as the loaded model tunes its presets (model_cfg: its WhisfusionConfig), else
+    the paper's; None (nothing asked for): the model's default. Raises WhisfusionError when invalid."""
+    if preset is None and not overrides:
+        return None
+    if model_cfg is not None:
+        return model_cfg.decoding_options(preset, **overrides)
+    return DecodingOptions.from_preset(preset or DEFAULT_PRESET, **overrides)
+
+
 @dataclass(frozen=True)
 class WhisfusionConfig:
     """Everything a checkpoint's config.json holds."""

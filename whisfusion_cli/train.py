@@ -16,9 +16,8 @@ Texts are kept as written, cased and punctuated: the BPE tokenizer (trained on t
 texts unless `tokenizer` names a tokenizer.json) and the targets both see them so. Validation
 WER lower-cases and strips punctuation before comparing.
 
-A clip's target canvas is its ids then end-of-text padding; a batch's canvases are padded to
-max_i max(canvas_length(duration_i, max_seq_len), len(ids_i) + 1): the canvas decoding uses, so
-training and inference see the same lengths. Padding positions are targets like any other.
+Batches come from `splits.py` (cached features, canvas targets: padding positions are targets like
+any other), the process group from `distributed.py`, the validation pass from `validation.py`.
 
 Global batch: batch_size clips per micro-batch per process x grad_accum micro-batches x world_size
 processes per optimizer step. Under torchrun (RANK/WORLD_SIZE set) ranks take disjoint slices of
@@ -46,18 +45,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .asr import FRAME_BUCKET
-from .cache import FeatureCache, build_shared
-from .checkpoint import (load_whisfusion, publish, recover, resolve_device, resolve_model_dir, rng_state,
-                         save_checkpoint, set_rng_state)
-from .config import STAGE_MASK_RANGE, DecodingOptions, Stage, TrainConfig, WhisfusionConfig
+from .checkpoint import (load_whisfusion, publish, recover, resolve_model_dir, rng_state, save_checkpoint,
+                         set_rng_state)
+from .config import STAGE_MASK_RANGE, Stage, TrainConfig, WhisfusionConfig
 from .curriculum import add_noise, fresh_model, lr_factor, noise_seed, param_groups, set_trainable
 from .data import Example, epoch_order, micro_batch_span, read_sources, split_examples
-from .decoding import canvas_length, canvas_to_ids, pdd
 from .diffusion import masked_diffusion_loss
+from .distributed import Denoiser, Dist, autocast, init_distributed
 from .errors import ConfigError
 from .model import Whisfusion
+from .splits import Split, open_splits
 from .tokenizer import Tokenizer, train_bpe_tokenizer
+from .validation import evaluate
 
 __all__ = ["STAGE_MASK_RANGE", "Stage", "TrainConfig", "TrainEvent", "CacheProgress", "StepInfo", "ValInfo",
            "run_training", "fresh_model", "param_groups", "set_trainable", "add_noise", "noise_seed",
@@ -93,127 +92,6 @@ class ValInfo:
 
 TrainEvent = CacheProgress | StepInfo | ValInfo
 TrainCallback = Callable[[TrainEvent], None]  # called on rank 0 only
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def sum(self, values: list[float]) -> list[float]:
-        """Element-wise sum over processes."""
-        if self.world_size == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return t.tolist()
-
-
-def init_distributed(device: str) -> tuple[Dist, bool]:
-    """The process group under torchrun (nccl on CUDA, gloo on CPU); returns (Dist, created here)."""
-    dev = resolve_device(device)
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "RANK" not in os.environ:
-        return Dist(0, 1, dev), False
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(dev)
-    created = not torch.distributed.is_initialized()
-    if created:
-        torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), dev), created
-
-
-@dataclass
-class Split:
-    """Cached clips with their token ids."""
-
-    cache: FeatureCache
-    ids: list[list[int]]
-
-    def batch(self, idx: list[int], eos_id: int, max_len: int) -> tuple[Tensor, Tensor, Tensor, list[float]]:
-        """xa (B, S, C) fp16 padded to the longest clip, n_frames (B,), x0 (B, L) (canvas_targets), durations."""
-        xa, n_frames = self.cache.batch(idx, FRAME_BUCKET)  # as decoding buckets them
-        durations = [self.cache.entries[i].duration for i in idx]
-        return xa, n_frames, canvas_targets([self.ids[i] for i in idx], durations, eos_id, max_len), durations
-
-
-def canvas_targets(ids: list[list[int]], durations: list[float], eos_id: int, max_len: int) -> Tensor:
-    """x0 (B, L): each transcript's ids, then end-of-text padding (targets too), on the canvas decoding
-    uses: L = max over the batch of max(canvas_length(duration), len(ids) + 1)."""
-    length = max(max(canvas_length(d, max_len), len(x) + 1) for d, x in zip(durations, ids))
-    x0 = torch.full((len(ids), length), eos_id, dtype=torch.long)
-    for row, x in enumerate(ids):
-        x0[row, : len(x)] = torch.tensor(x, dtype=torch.long)
-    return x0
-
-
-class Denoiser(nn.Module):
-    """The decoder as one forward (adapter K/V + canvas), so DistributedDataParallel can wrap it."""
-
-    def __init__(self, decoder: nn.Module):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, xa: Tensor, n_frames: Tensor, xt: Tensor) -> Tensor:
-        return self.decoder(xt, self.decoder.cross_kv(xa, n_frames))  # (B, L, V)
-
-
-def autocast(device: torch.device) -> Any:
-    """bf16 autocast on CUDA GPUs that have it; fp32 elsewhere."""
-    on = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast("cuda", torch.bfloat16) if on else nullcontext()
-
-
-def _wer_counts(refs: list[str], hyps: list[str]) -> tuple[int, int]:
-    """(word errors, reference words) after Whisper's English normalisation; empty references left out."""
-    from .evaluate import normalize, word_errors
-
-    counts = [word_errors(normalize(r), normalize(h)) for r, h in zip(refs, hyps) if normalize(r)]
-    return sum(e for e, _ in counts), sum(n for _, n in counts)
-
-
-@torch.inference_mode()
-def evaluate(decoder: nn.Module, split: Split, wcfg: WhisfusionConfig, tokenizer: Tokenizer, cfg: TrainConfig,
-             dist: Dist) -> dict[str, Any]:
-    """Validation loss at each fixed t of cfg.val_t and greedy-PDD (k=1) WER, over all processes.
-
-    Process r takes clips r, r + world_size, ...; the masks are seeded per clip, so the figures do
-    not depend on the number of processes.
-    """
-    max_len, mask_id, eos_id = wcfg.decoder.max_seq_len, wcfg.decoder.mask_id, wcfg.eos_id
-    device = dist.device
-    options = DecodingOptions.from_preset(wcfg.default_preset, k=1, seed=cfg.seed)
-    sums = [0.0] * (2 * len(cfg.val_t) + 2)  # per t: loss * positions, positions; then errors, ref words
-    mine = list(range(dist.rank, len(split.ids), dist.world_size))
-    for start in range(0, len(mine), cfg.batch_size):
-        idx = mine[start: start + cfg.batch_size]
-        xa, n_frames, x0, durations = split.batch(idx, eos_id, max_len)
-        with autocast(device):
-            kv = decoder.cross_kv(xa.to(device).float(), n_frames.to(device))
-            for j, t in enumerate(cfg.val_t):
-                seeds = [noise_seed(cfg.seed + 1 + j, -1, i) for i in idx]
-                xt, masked, tt = (v.to(device) for v in add_noise(x0, seeds, mask_id, (t, t), max_len))
-                loss = masked_diffusion_loss(decoder(xt, kv), x0.to(device), masked, tt)
-                sums[2 * j] += float(loss) * x0.numel()
-                sums[2 * j + 1] += x0.numel()
-            out = pdd(lambda c, kv=kv: decoder(c, kv), len(idx), canvas_length(max(durations), max_len),
-                      mask_id, eos_id, options, device)
-        hyps = [tokenizer.decode(canvas_to_ids(r, eos_id, tokenizer.vocab_size)) for r in out.tokens]
-        errors, words = _wer_counts([split.cache.entries[i].text for i in idx], hyps)
-        sums[-2:] = [sums[-2] + errors, sums[-1] + words]
-    sums = dist.sum(sums)
-    losses = {str(t): sums[2 * j] / max(1.0, sums[2 * j + 1]) for j, t in enumerate(cfg.val_t)}
-    return {"val_loss": sum(losses.values()) / len(losses), "val_loss_t": losses,
-            "val_wer": sums[-2] / sums[-1] if sums[-1] else None}
 
 
 def _prepare_output(cfg: TrainConfig, dist: Dist) -> dict[str, Any] | None:
@@ -270,36 +148,6 @@ def _model(cfg: TrainConfig, dist: Dist, texts: list[str],
     return fresh_model(cfg, texts)
 
 
-def _split(cache_dir: Path, keys: list[str], tokenizer: Tokenizer, max_len: int) -> Split:
-    """Tokenised clips; those whose ids + end-of-text overflow the canvas limit are dropped."""
-    cache = FeatureCache(cache_dir, keys)
-    texts = [e.text for e in cache.entries]
-    ids = tokenizer.encode_transcripts(texts)
-    fits = [i for i, x in enumerate(ids) if len(x) < max_len]
-    if len(fits) < len(ids):
-        log.warning("%d clips have more than %d tokens: left out", len(ids) - len(fits), max_len - 1)
-        cache, ids = FeatureCache(cache_dir, [keys[i] for i in fits]), [ids[i] for i in fits]
-    return Split(cache, ids)
-
-
-def _splits(cfg: TrainConfig, dist: Dist, model: Whisfusion, wcfg: WhisfusionConfig, tokenizer: Tokenizer,
-            train_ex: list[Example], val_ex: list[Example],
-            callback: TrainCallback | None) -> tuple[Split, Split | None]:
-    """Encodes what the feature cache lacks (ranks share the work) and opens the train/val splits."""
-    cache_dir = Path(cfg.cache_dir or Path(cfg.output) / "features")
-    progress = (lambda d, t: callback(CacheProgress(d, t))) if callback and dist.is_main else None
-    report = build_shared(train_ex + val_ex, cache_dir, model.encoder.to(dist.device).eval(), dist.rank,
-                          dist.world_size, dist.barrier, cfg.encode_batch_size, progress)
-    model.encoder.cpu()  # frozen and cached: it only rides along into the checkpoints
-    if report.skipped and dist.is_main:
-        log.warning("feature cache: skipped clips %s", dict(report.skipped))
-    max_len = wcfg.decoder.max_seq_len
-    train_keys = [k for k, i in zip(report.keys, report.kept) if i < len(train_ex)]
-    val_keys = [k for k, i in zip(report.keys, report.kept) if i >= len(train_ex)]
-    val = _split(cache_dir, val_keys, tokenizer, max_len) if val_keys else None
-    return _split(cache_dir, train_keys, tokenizer, max_len), val
-
-
 @dataclass
 class Run:
     """A training run's live state."""
@@ -336,7 +184,8 @@ def _setup(cfg: TrainConfig, dist: Dist, callback: TrainCallback | None) -> Run:
     state = _prepare_output(cfg, dist)
     train_ex, val_ex = _examples(cfg)
     model, wcfg, tokenizer = _model(cfg, dist, [ex.text for ex in train_ex], resumed=state is not None)
-    train, val = _splits(cfg, dist, model, wcfg, tokenizer, train_ex, val_ex, callback)
+    progress = (lambda d, t: callback(CacheProgress(d, t))) if callback and dist.is_main else None
+    train, val = open_splits(cfg, dist, model, wcfg, tokenizer, train_ex, val_ex, progress)
     set_trainable(model, cfg.stage)
     model.decoder.to(dist.device).train()
     net: nn.Module = Denoiser(model.decoder)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream_train import read_audio
 
 from whisfusion_cli.asr import load_model
-from whisfusion_cli.evaluate import normalize, word_errors
+from whisfusion_cli.wer import normalize, word_errors
 
 # name -> (preset, overrides): the paper's presets, then more steps for the accurate one
 SETTINGS = {

@@ -40,8 +40,9 @@ from whisfusion_cli.checkpoint import init_from_whisper, load_whisfusion, save_w
 from whisfusion_cli.config import DecoderConfig, WhisfusionConfig
 from whisfusion_cli.curriculum import lr_factor, param_groups
 from whisfusion_cli.diffusion import forward_process, masked_diffusion_loss
+from whisfusion_cli.distributed import autocast
 from whisfusion_cli.model import Whisfusion
-from whisfusion_cli.train import autocast, canvas_targets
+from whisfusion_cli.splits import canvas_targets
 
 
 def read_audio(path: Path) -> np.ndarray:
@@ -151,7 +152,7 @@ def validate(model: Whisfusion, store: Store, wcfg: WhisfusionConfig, tok, n: in
     """Val loss at t = 0.5 and 0.9 and greedy one-pass + 4-step PDD WER on up to n held-out-book clips."""
     from whisfusion_cli.config import DecodingOptions
     from whisfusion_cli.decoding import canvas_to_ids, pdd
-    from whisfusion_cli.evaluate import normalize, word_errors
+    from whisfusion_cli.wer import normalize, word_errors
 
     model.eval()
     dec, mask_id, eos = model.decoder, wcfg.decoder.mask_id, wcfg.eos_id
