@@ -19,9 +19,16 @@ class Recorder:
         self.logits_fn = logits_fn
         self.calls: list[torch.Tensor] = []
 
-    def __call__(self, canvas: torch.Tensor) -> torch.Tensor:
+    def __call__(self, canvas: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         self.calls.append(canvas.clone())
-        return self.logits_fn(canvas)
+        return at(self.logits_fn(canvas), positions)
+
+
+def at(logits: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """The full head's logits (N, L, V) at positions (N, P): the reference a decoder fn must match."""
+    if positions is None:
+        return logits
+    return logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
 
 
 def peaked(canvas: torch.Tensor, scale: float = 30.0) -> torch.Tensor:
@@ -133,7 +140,8 @@ def test_pdd_on_tiny_model_is_deterministic(tiny_model):
 
     def run(seed: int, preset: str = "fast", **overrides) -> torch.Tensor:
         opts = tiny_model.options(preset, seed=seed, **overrides)
-        return pdd(lambda c: net.decoder(c, kv), 2, 32, cfg.decoder.mask_id, cfg.eos_id, opts, CPU).candidates
+        return pdd(lambda c, positions=None: net.decoder(c, kv, positions=positions), 2, 32, cfg.decoder.mask_id,
+                   cfg.eos_id, opts, CPU).candidates
 
     a, b = run(123), run(123)
     assert a.shape == (2, 5, 32) and torch.equal(a, b)
@@ -222,7 +230,7 @@ def test_head_at_remasked_positions_only_gives_the_same_pdd(family, scope, tiny_
 
     for rule in ("low_confidence", "random"):
         opts = DecodingOptions(k=3, steps=4, schedule=(1.0, 0.6, 0.35, 0.15), remask=rule, scope=scope, seed=11)
-        full = pdd(lambda c: dec(c, kv), 2, 32, mask_id, EOS, opts, CPU)
+        full = pdd(lambda c, positions=None: at(dec(c, kv), positions), 2, 32, mask_id, EOS, opts, CPU)
         seen.clear()
         part = pdd(at_positions, 2, 32, mask_id, EOS, opts, CPU)
         assert seen == [32, 20, 12, 5]  # ceil(rho_t * 32) after the full first step

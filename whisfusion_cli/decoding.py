@@ -9,7 +9,6 @@ whatever the transcript length. Functions are small and sync-free so the loop ca
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from .config import DecodingOptions
 from .diffusion import select_remask, select_remask_scoped
 
 DecoderFn = Callable[..., Tensor]
-"""canvas (B*k, L) -> logits (B*k, L, V). A decoder fn that also takes a `positions` keyword, (B*k, P)
-int64 or None, returns logits (B*k, P, V) at those positions only: PDD then skips the output head
+"""(canvas (B*k, L), positions=None) -> logits. positions None: logits (B*k, L, V) at every position;
+positions (B*k, P) int64: logits (B*k, P, V) at those positions only, so PDD skips the output head
 (most of a pass's FLOPs with a 51,865-token vocabulary) where no token can change."""
 TOKENS_PER_SECOND = 8  # canvas positions per second of audio: well above fast speech (~5 tokens/s)
 MIN_CANVAS = 16
@@ -95,14 +94,6 @@ def head_sizes(schedule: tuple[float, ...], canvas_len: int) -> tuple[int, ...]:
                  for step, rho in enumerate(schedule))
 
 
-def takes_positions(decoder: DecoderFn) -> bool:
-    """Whether `decoder` accepts a `positions` keyword (see DecoderFn)."""
-    try:
-        return "positions" in inspect.signature(decoder).parameters
-    except (TypeError, ValueError):  # builtins and some C callables have no signature
-        return False
-
-
 def token_probability(logits: Tensor, pred: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(ids, probabilities) of `pred` (default: the argmax) under logits (..., V), both (...).
 
@@ -124,7 +115,7 @@ def predict(decoder: DecoderFn, canvas: Tensor, confidence: Tensor, mask_id: int
             n_positions: int | None = None) -> tuple[Tensor, Tensor]:
     """One PDD step: fill every masked position, record each new token's probability.
 
-    With `n_positions` P (later steps, a decoder that takes positions), logits are computed only
+    With `n_positions` P (the steps after the first), logits are computed only
     at each row's first P positions in re-mask order: all its masked positions (<= P), then others.
     """
     masked = canvas == mask_id  # (N, L)
@@ -148,9 +139,9 @@ def pdd(decoder: DecoderFn, n_windows: int, canvas_len: int, mask_id: int, eos_i
     """Runs PDD for `n_windows` audio windows whose adapter K/V the `decoder` closure already holds.
 
     Args:
-        decoder: maps a canvas (n_windows * k, L) to logits; candidates are window-major. If it
-            takes `positions` (see DecoderFn), steps after the first compute logits only at the
-            P_t = `head_sizes` positions per row that can change; the result is the same.
+        decoder: a DecoderFn over (n_windows * k, L) canvases, candidates window-major. Steps
+            after the first ask for logits only at the P_t = `head_sizes` positions per row that
+            can change; the result is the same as with the full head.
         canvas_len: L, the number of token positions (text + end-of-text padding).
         mask_id, eos_id: the [MASK] and end-of-text ids.
         options: k, steps, schedule, re-mask rule, temperature, seed.
@@ -160,7 +151,7 @@ def pdd(decoder: DecoderFn, n_windows: int, canvas_len: int, mask_id: int, eos_i
     generator = make_generator(device, options.seed)
     canvas = torch.full((n, canvas_len), mask_id, dtype=torch.long, device=device)
     confidence = torch.zeros(n, canvas_len, device=device)
-    sizes = head_sizes(options.schedule, canvas_len) if takes_positions(decoder) else (canvas_len,) * options.steps
+    sizes = head_sizes(options.schedule, canvas_len)
     for step, rho in enumerate(options.schedule):
         if step > 0:
             if options.scope == "text":
