@@ -247,3 +247,42 @@ def test_head_sizes_bound_both_remask_rules():
     for length in range(1, 80):
         for rho in (0.15, 0.35, 0.5, 0.6, 0.8, 0.85, 0.9, 0.95):
             assert round(rho * length) <= head_sizes((1.0, rho), length)[1] <= length
+
+
+def test_distinct_rows_decodes_each_windows_distinct_canvases_once():
+    from whisfusion_cli.decoding import distinct_rows
+
+    def window_aware(canvas):  # logits depend on the canvas and on the row's window: 2 windows, window-major
+        n, length = canvas.shape
+        w = (torch.arange(n) // (n // 2)).float()[:, None, None]
+        return peaked(canvas) + w * torch.arange(V).float() + (canvas == MASK).float()[..., None]
+
+    rec = Recorder(window_aware)
+    canvas = torch.full((8, 6), MASK)
+    canvas[1, 0] = canvas[2, 0] = 5  # window 0: rows {0, 3}, {1, 2}; window 1: all four equal
+    positions = torch.arange(6).expand(8, -1)[:, :4].contiguous()
+    for pos in (None, positions):
+        out = distinct_rows(rec, 2)(canvas, positions=pos)
+        assert rec.calls[-1].shape == (4, 6)  # 2 windows x 2 rows (window 1 pads with a repeat)
+        assert torch.equal(out, at(window_aware(canvas), pos))
+    assert distinct_rows(rec, 2)(canvas[:4].repeat(2, 1)).shape == (8, 6, V)
+
+
+@pytest.mark.parametrize("family", ["smdm", "whisper-mdm"])
+def test_pdd_on_distinct_rows_is_the_same_pdd(family, tiny_model):
+    from whisfusion_cli.decoding import distinct_rows
+
+    dec, kv, mask_id = _tiny_decoders(family, tiny_model)
+    rows: list[int] = []
+
+    def plain(canvas, positions=None):
+        rows.append(canvas.shape[0])
+        return dec(canvas, kv, positions=positions)
+
+    opts = DecodingOptions(k=4, steps=4, schedule=(1.0, 0.6, 0.35, 0.15), seed=3)
+    full = pdd(plain, 2, 32, mask_id, EOS, opts, CPU)
+    rows.clear()
+    fewer = pdd(distinct_rows(plain, 2), 2, 32, mask_id, EOS, opts, CPU)
+    assert rows[0] == 2 and all(r <= 8 for r in rows)  # the all-[MASK] first pass: one row per window
+    assert torch.equal(fewer.candidates, full.candidates) and torch.equal(fewer.best, full.best)
+    assert torch.allclose(fewer.token_confidence, full.token_confidence, atol=1e-5)

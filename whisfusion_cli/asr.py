@@ -23,7 +23,7 @@ from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_windows
 from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
                          resolve_model_dir)
 from .config import DecodingOptions, WhisfusionConfig
-from .decoding import DecoderFn, canvas_length, canvas_to_ids, head_sizes, pdd
+from .decoding import DecoderFn, canvas_length, canvas_to_ids, distinct_rows, head_sizes, pdd
 from .errors import CheckpointError
 from .fastpath import GraphedDecoder
 from .model import Whisfusion
@@ -182,7 +182,8 @@ class WhisfusionASR(ASRModel):
         if self.graphs is not None:
             return self.graphs.prepare(xa, n_frames, n_rows, canvas_len, sizes)
         cross_kv = self.net.decoder.cross_kv(xa, n_frames)
-        return lambda canvas, positions=None: self.net.decoder(canvas, cross_kv, positions=positions)
+        return distinct_rows(lambda canvas, positions=None: self.net.decoder(canvas, cross_kv, positions=positions),
+                             xa.shape[0])
 
     def _result(self, candidates: Tensor, token_conf: Tensor, best: int, confidence: float,
                 dedupe: float) -> WindowResult:

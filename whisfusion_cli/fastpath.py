@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .decoding import distinct_rows
 from .model import KV, DiffusionDecoder
 from .whisper_mdm import WhisperMDMDecoder
 
@@ -117,7 +118,8 @@ class GraphedDecoder:
                 self.graphs.popitem(last=False)  # least recently used first
             if need > budget or n_rows * canvas_len > MAX_GRAPH_TOKENS:  # eager for this shape
                 cross_kv = self.decoder.cross_kv(xa, n_frames)
-                return lambda canvas, positions=None: self.forward(canvas, cross_kv, positions=positions)
+                return distinct_rows(lambda canvas, positions=None: self.forward(canvas, cross_kv, positions=positions),
+                                     xa.shape[0])
             g = self._capture(xa, n_frames, n_rows, canvas_len, sizes)
         self.graphs[key] = g
         g.xa.copy_(xa)
