@@ -116,9 +116,10 @@ class GraphedDecoder:
             while self.graphs and (len(self.graphs) >= MAX_GRAPHS
                                    or sum(c.nbytes for c in self.graphs.values()) + need > budget):
                 self.graphs.popitem(last=False)  # least recently used first
-            if need > budget or n_rows * canvas_len > MAX_GRAPH_TOKENS:  # eager for this shape
-                cross_kv = self.decoder.cross_kv(xa, n_frames)
-                return distinct_rows(lambda canvas, positions=None: self.forward(canvas, cross_kv, positions=positions),
+            if need > budget or n_rows * canvas_len > MAX_GRAPH_TOKENS:  # eager for this shape, on the
+                # distinct rows only: their number varies per pass, so never the compiled forward
+                cross_kv, forward = self.decoder.cross_kv(xa, n_frames), self.decoder.forward
+                return distinct_rows(lambda canvas, positions=None: forward(canvas, cross_kv, positions=positions),
                                      xa.shape[0])
             g = self._capture(xa, n_frames, n_rows, canvas_len, sizes)
         self.graphs[key] = g
