@@ -286,3 +286,14 @@ def test_pdd_on_distinct_rows_is_the_same_pdd(family, tiny_model):
     assert rows[0] == 2 and all(r <= 8 for r in rows)  # the all-[MASK] first pass: one row per window
     assert torch.equal(fewer.candidates, full.candidates) and torch.equal(fewer.best, full.best)
     assert torch.allclose(fewer.token_confidence, full.token_confidence, atol=1e-5)
+
+
+def test_consensus_picks_the_candidate_nearest_the_others():
+    from whisfusion_cli.decoding import consensus
+
+    texts = ["He had paced up.", "he had past up", "He had paced up", "had paced up and down"]
+    assert consensus(texts, [0.5, 0.9, 0.6, 0.7]) == 2  # ties 0 and 2 (case, punctuation aside): more confident
+    assert consensus(texts, [0.7, 0.9, 0.6, 0.8]) == 0
+    assert consensus(["only"], [0.1]) == 0
+    with pytest.raises(ConfigError):
+        DecodingOptions(select="vote")

@@ -23,7 +23,7 @@ from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_windows
 from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
                          resolve_model_dir)
 from .config import DecodingOptions, WhisfusionConfig
-from .decoding import DecoderFn, canvas_length, canvas_to_ids, distinct_rows, head_sizes, pdd
+from .decoding import DecoderFn, canvas_length, canvas_to_ids, consensus, distinct_rows, head_sizes, pdd
 from .errors import CheckpointError
 from .fastpath import GraphedDecoder
 from .model import Whisfusion
@@ -171,9 +171,9 @@ class WhisfusionASR(ASRModel):
         out = pdd(decoder, len(windows), canvas_len, self.cfg.decoder.mask_id, self.cfg.eos_id, options,
                   self.device)
         self.stopwatch.lap("decode")
-        best = out.best.tolist()
-        return [self._result(out.candidates[i], out.token_confidence[i], best[i], float(out.confidence[i]),
-                             options.dedupe) for i in range(len(windows))]
+        best, scores = out.best.tolist(), out.candidate_confidence.tolist()  # (B,), (B, k)
+        return [self._result(out.candidates[i], out.token_confidence[i], best[i], scores[i], options)
+                for i in range(len(windows))]
 
     def _decoder_fn(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
                     sizes: tuple[int, ...]) -> DecoderFn:
@@ -185,13 +185,16 @@ class WhisfusionASR(ASRModel):
         return distinct_rows(lambda canvas, positions=None: self.net.decoder(canvas, cross_kv, positions=positions),
                              xa.shape[0])
 
-    def _result(self, candidates: Tensor, token_conf: Tensor, best: int, confidence: float,
-                dedupe: float) -> WindowResult:
-        """candidates (k, L) and their token probabilities (k, L) -> the best one's text and all k texts."""
+    def _result(self, candidates: Tensor, token_conf: Tensor, best: int, scores: list[float],
+                options: DecodingOptions) -> WindowResult:
+        """candidates (k, L), their token probabilities (k, L), the most confident one and all k mean
+        confidences -> the chosen candidate's text (options.select) and all k texts."""
         eos, limit = self.cfg.eos_id, self.tokenizer.vocab_size
-        ids = [canvas_to_ids(c, eos, limit, p, dedupe) for c, p in zip(candidates, token_conf)]
+        ids = [canvas_to_ids(c, eos, limit, p, options.dedupe) for c, p in zip(candidates, token_conf)]
         texts = tuple(self.tokenizer.decode(x) for x in ids)
-        return WindowResult(texts[best], confidence, texts, len(ids[best]))
+        if options.select == "consensus":
+            best = consensus(list(texts), scores)
+        return WindowResult(texts[best], scores[best], texts, len(ids[best]))
 
 
 class WhisperASR(ASRModel):

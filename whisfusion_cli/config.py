@@ -178,6 +178,7 @@ class WhisperMDMConfig:
 
 RemaskRule = Literal["low_confidence", "random"]
 RemaskScope = Literal["text", "canvas"]
+SelectRule = Literal["confidence", "consensus"]
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,9 @@ class DecodingOptions:
     # every position, padding included (then the kept tokens are mostly confident padding)
     scope: RemaskScope = "text"
     dedupe: float = 0.5  # adjacent repeated tokens merge when either's confidence is below this (0: off)
+    # which candidate wins: "confidence", the highest mean token confidence (the paper's); "consensus",
+    # the one whose words differ least from the other candidates' (MBR), ties to confidence
+    select: SelectRule = "confidence"
     preset: str | None = field(default=None, compare=False)  # the name it was built from (a label only)
 
     def __post_init__(self) -> None:
@@ -218,6 +222,8 @@ class DecodingOptions:
             raise ConfigError(f"scope must be 'text' or 'canvas', got {self.scope!r}")
         if not 0.0 <= self.dedupe <= 1.0:
             raise ConfigError(f"dedupe must be in [0, 1], got {self.dedupe}")
+        if self.select not in ("confidence", "consensus"):
+            raise ConfigError(f"select must be 'confidence' or 'consensus', got {self.select!r}")
 
     @property
     def preset_name(self) -> str | None:

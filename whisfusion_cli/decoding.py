@@ -10,6 +10,7 @@ whatever the transcript length. Functions are small and sync-free so the loop ca
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -198,6 +199,16 @@ def distinct_rows(decoder: DecoderFn, n_windows: int) -> DecoderFn:
         return logits[win * width + slot]  # (N, L or P, V)
 
     return fn
+
+
+def consensus(texts: list[str], confidence: list[float]) -> int:
+    """Index of the candidate whose words differ least, in total, from the other candidates' (minimum
+    Bayes risk under word edit distance, the candidates as samples); ties go to the more confident."""
+    from rapidfuzz.distance import Levenshtein  # jiwer's edit-distance engine
+
+    words = [re.findall(r"[\w']+", t.lower()) for t in texts]
+    risk = [sum(Levenshtein.distance(a, b) for b in words) for a in words]
+    return min(range(len(texts)), key=lambda i: (risk[i], -confidence[i]))
 
 
 def canvas_to_ids(row: Tensor | list[int], eos_id: int, vocab_limit: int | None = None,
