@@ -253,7 +253,7 @@ def test_distinct_rows_decodes_each_windows_distinct_canvases_once():
     from whisfusion_cli.decoding import distinct_rows
 
     def window_aware(canvas):  # logits depend on the canvas and on the row's window: 2 windows, window-major
-        n, length = canvas.shape
+        n = canvas.shape[0]
         w = (torch.arange(n) // (n // 2)).float()[:, None, None]
         return peaked(canvas) + w * torch.arange(V).float() + (canvas == MASK).float()[..., None]
 
