@@ -22,7 +22,7 @@ import torch
 
 from whisfusion_cli.checkpoint import resolve_dtype
 from whisfusion_cli.config import PRESETS, DecoderConfig, EncoderConfig
-from whisfusion_cli.decoding import pdd
+from whisfusion_cli.decoding import eager_decoder, pdd
 from whisfusion_cli.model import Whisfusion
 
 
@@ -67,9 +67,8 @@ def main() -> None:
         canvas = torch.full((15, args.canvas), dec.mask_id, device=device)
         results["decoder_forward_k15_ms"] = timed(lambda: net.decoder(canvas, kv), device, args.repeats)
         def decode(states, opts) -> None:  # adapter K/V once, then PDD with the head at re-masked positions
-            kv_ = net.decoder.cross_kv(states)
-            pdd(lambda c, positions=None: net.decoder(c, kv_, positions=positions), 1, args.canvas,
-                dec.mask_id, 2, opts, device)
+            pdd(eager_decoder(net.decoder, net.decoder.cross_kv(states), 1), 1, args.canvas, dec.mask_id, 2,
+                opts, device)
 
         for name, opts in PRESETS.items():
             def call(opts=opts) -> None:

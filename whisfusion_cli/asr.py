@@ -23,7 +23,7 @@ from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_windows
 from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
                          resolve_model_dir)
 from .config import DecodingOptions, WhisfusionConfig
-from .decoding import DecoderFn, canvas_length, canvas_to_ids, consensus, distinct_rows, head_sizes, pdd
+from .decoding import DecoderFn, canvas_length, canvas_to_ids, consensus, eager_decoder, head_sizes, pdd
 from .errors import CheckpointError
 from .fastpath import GraphedDecoder
 from .model import Whisfusion
@@ -181,9 +181,7 @@ class WhisfusionASR(ASRModel):
         passes. `sizes`: the head sizes P_t PDD will ask for (graphs are captured for each)."""
         if self.graphs is not None:
             return self.graphs.prepare(xa, n_frames, n_rows, canvas_len, sizes)
-        cross_kv = self.net.decoder.cross_kv(xa, n_frames)
-        return distinct_rows(lambda canvas, positions=None: self.net.decoder(canvas, cross_kv, positions=positions),
-                             xa.shape[0])
+        return eager_decoder(self.net.decoder, self.net.decoder.cross_kv(xa, n_frames), xa.shape[0])
 
     def _result(self, candidates: Tensor, token_conf: Tensor, best: int, scores: list[float],
                 options: DecodingOptions) -> WindowResult:

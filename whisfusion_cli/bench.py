@@ -86,10 +86,17 @@ def random_models(encoder: str, decoder: str, device: torch.device,
     enc = EncoderConfig.from_name(encoder)
     dec = DecoderConfig.from_name(decoder, n_audio_state=enc.n_audio_state)
     tok = train_bpe_tokenizer(["the quick brown fox jumps over the lazy dog"] * 4, 300)
+    return _random_pair(WhisfusionConfig(enc, dec, eos_id=tok.eos_id), tok, device, dtype,
+                        f"random {encoder}+{decoder}", f"random whisper ({encoder})")
+
+
+def _random_pair(cfg: WhisfusionConfig, tok: Tokenizer, device: torch.device, dtype: torch.dtype, name: str,
+                 ar_name: str = "") -> tuple[WhisfusionASR, WhisperASR]:
+    """A seeded random-weight whisfusion model of `cfg` and its `ar_baseline`."""
     torch.manual_seed(0)
-    net = Whisfusion(enc, dec).to(device=device, dtype=dtype).eval()
-    pdd_asr = WhisfusionASR(net, WhisfusionConfig(enc, dec, eos_id=tok.eos_id), tok, f"random {encoder}+{decoder}")
-    return pdd_asr, ar_baseline(pdd_asr, f"random whisper ({encoder})")
+    net = Whisfusion(cfg.encoder, cfg.decoder).to(device=device, dtype=dtype).eval()
+    pdd_asr = WhisfusionASR(net, cfg, tok, name)
+    return pdd_asr, ar_baseline(pdd_asr, ar_name)
 
 
 def ar_baseline(pdd_asr: WhisfusionASR, name: str = "") -> WhisperASR:
@@ -124,10 +131,7 @@ def shaped_like(model_dir: str | Path, device: torch.device,
     path = Path(model_dir)
     cfg = WhisfusionConfig.from_dict(read_config(path))
     tok = Tokenizer.from_file(path / "tokenizer.json", cfg.tokenizer_kind)
-    torch.manual_seed(0)
-    net = Whisfusion(cfg.encoder, cfg.decoder).to(device=device, dtype=dtype).eval()
-    pdd_asr = WhisfusionASR(net, cfg, tok, f"random weights shaped like {path.name}")
-    return pdd_asr, ar_baseline(pdd_asr)
+    return _random_pair(cfg, tok, device, dtype, f"random weights shaped like {path.name}")
 
 
 def _median_ms(fn: Callable[[], Any], asr: ASRModel, repeats: int, warmup: int) -> dict[str, float]:

@@ -201,6 +201,12 @@ def distinct_rows(decoder: DecoderFn, n_windows: int) -> DecoderFn:
     return fn
 
 
+def eager_decoder(forward: Callable[..., Tensor], cross_kv: object, n_windows: int) -> DecoderFn:
+    """A decoder's `forward(tokens, cross_kv, positions=)` over one batch's adapter K/V, as the
+    DecoderFn PDD calls, run eagerly on each window's distinct rows (`distinct_rows`)."""
+    return distinct_rows(lambda canvas, positions=None: forward(canvas, cross_kv, positions=positions), n_windows)
+
+
 def consensus(texts: list[str], confidence: list[float]) -> int:
     """Index of the candidate whose words differ least, in total, from the other candidates' (minimum
     Bayes risk under word edit distance, the candidates as samples); ties go to the more confident."""

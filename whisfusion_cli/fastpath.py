@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .decoding import distinct_rows
+from .decoding import eager_decoder
 from .model import KV, DiffusionDecoder
 from .whisper_mdm import WhisperMDMDecoder
 
@@ -118,9 +118,7 @@ class GraphedDecoder:
                 self.graphs.popitem(last=False)  # least recently used first
             if need > budget or n_rows * canvas_len > MAX_GRAPH_TOKENS:  # eager for this shape, on the
                 # distinct rows only: their number varies per pass, so never the compiled forward
-                cross_kv, forward = self.decoder.cross_kv(xa, n_frames), self.decoder.forward
-                return distinct_rows(lambda canvas, positions=None: forward(canvas, cross_kv, positions=positions),
-                                     xa.shape[0])
+                return eager_decoder(self.decoder.forward, self.decoder.cross_kv(xa, n_frames), xa.shape[0])
             g = self._capture(xa, n_frames, n_rows, canvas_len, sizes)
         self.graphs[key] = g
         g.xa.copy_(xa)

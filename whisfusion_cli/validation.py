@@ -12,7 +12,7 @@ from torch import nn
 
 from .config import DecodingOptions, TrainConfig, WhisfusionConfig
 from .curriculum import add_noise, noise_seed
-from .decoding import canvas_length, canvas_to_ids, pdd
+from .decoding import canvas_length, canvas_to_ids, eager_decoder, pdd
 from .diffusion import masked_diffusion_loss
 from .distributed import Dist, autocast
 from .splits import Split
@@ -52,8 +52,8 @@ def evaluate(decoder: nn.Module, split: Split, wcfg: WhisfusionConfig, tokenizer
                 loss = masked_diffusion_loss(decoder(xt, kv), x0.to(device), masked, tt)
                 sums[2 * j] += float(loss) * x0.numel()
                 sums[2 * j + 1] += x0.numel()
-            out = pdd(lambda c, positions=None, kv=kv: decoder(c, kv, positions=positions), len(idx),
-                      canvas_length(max(durations), max_len), mask_id, eos_id, options, device)
+            out = pdd(eager_decoder(decoder, kv, len(idx)), len(idx), canvas_length(max(durations), max_len),
+                      mask_id, eos_id, options, device)
         hyps = [tokenizer.decode(canvas_to_ids(r, eos_id, tokenizer.vocab_size)) for r in out.tokens]
         errors, words = _wer_counts([split.cache.entries[i].text for i in idx], hyps)
         sums[-2:] = [sums[-2] + errors, sums[-1] + words]

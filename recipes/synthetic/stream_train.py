@@ -151,7 +151,7 @@ def trainable(model: Whisfusion, stage: str, lr: float, train_embedding: bool) -
 def validate(model: Whisfusion, store: Store, wcfg: WhisfusionConfig, tok, n: int = 128) -> dict:
     """Val loss at t = 0.5 and 0.9 and greedy one-pass + 4-step PDD WER on up to n held-out-book clips."""
     from whisfusion_cli.config import DecodingOptions
-    from whisfusion_cli.decoding import canvas_to_ids, pdd
+    from whisfusion_cli.decoding import canvas_to_ids, eager_decoder, pdd
     from whisfusion_cli.wer import normalize, word_errors
 
     model.eval()
@@ -171,8 +171,7 @@ def validate(model: Whisfusion, store: Store, wcfg: WhisfusionConfig, tok, n: in
                 values.append(float(masked_diffusion_loss(dec(xt, kv), x0, masked, tt)))
             for steps, counts in errs.items():
                 opts = DecodingOptions(k=1, steps=steps, schedule=(1.0, 0.9, 0.85, 0.8)[:steps])
-                res = pdd(lambda c, positions=None, kv=kv: dec(c, kv, positions=positions), len(x0), x0.shape[1],
-                          mask_id, eos, opts, x0.device)
+                res = pdd(eager_decoder(dec, kv, len(x0)), len(x0), x0.shape[1], mask_id, eos, opts, x0.device)
                 for i, row in zip(idx[s: s + 32], res.tokens):
                     hyp = tok.decode(canvas_to_ids(row, eos, tok.vocab_size))
                     e, w = word_errors(normalize(store.clips["val"][i][3]), normalize(hyp))
