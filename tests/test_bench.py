@@ -163,3 +163,28 @@ def test_shaped_like_reads_only_the_config(tiny_model, tmp_path):
     assert {k: v.shape for k, v in pdd_asr.net.state_dict().items()} == shapes
     ar.forced_tokens = 3
     assert ar.decode_windows([synthetic_speech(1.0)])[0].n_tokens == 3
+
+
+@pytest.mark.requires_cuda
+def test_cuda_padded_head_and_graphed_encoder_match_plain():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from torch import nn
+
+    from whisfusion_cli.fastpath import GraphedEncoder
+    from whisfusion_cli.whisper import tied_head
+
+    owner, weight = nn.Module(), torch.randn(1001, 64, device="cuda")
+    x = torch.randn(3, 5, 64, device="cuda")
+    with torch.no_grad():
+        for _ in range(2):  # the second call reads the cached padded weight
+            assert torch.allclose(tied_head(owner, x, weight, 999), x @ weight[:999].T, atol=1e-4)
+        weight.mul_(2)  # a changed weight is padded again
+        assert torch.allclose(tied_head(owner, x, weight, 999), x @ weight[:999].T, atol=1e-4)
+    pdd_asr, _ = random_models("test-tiny", "test-tiny", torch.device("cuda"), torch.float32)
+    graphed = GraphedEncoder(pdd_asr.net.encoder)
+    with torch.inference_mode():
+        for seed in (0, 1):
+            mel = torch.randn(2, pdd_asr.n_mels, 3000, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+            assert torch.allclose(graphed(mel), pdd_asr.net.encoder(mel), atol=1e-4)
+    assert len(graphed.graphs) == 1

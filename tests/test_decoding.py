@@ -288,12 +288,9 @@ def test_pdd_on_distinct_rows_is_the_same_pdd(family, tiny_model):
     assert torch.allclose(fewer.token_confidence, full.token_confidence, atol=1e-5)
 
 
-def test_consensus_picks_the_candidate_nearest_the_others():
-    from whisfusion_cli.decoding import consensus
+def test_masked_first_is_a_stable_sort_of_the_mask():
+    from whisfusion_cli.decoding import masked_first
 
-    texts = ["He had paced up.", "he had past up", "He had paced up", "had paced up and down"]
-    assert consensus(texts, [0.5, 0.9, 0.6, 0.7]) == 2  # ties 0 and 2 (case, punctuation aside): more confident
-    assert consensus(texts, [0.7, 0.9, 0.6, 0.8]) == 0
-    assert consensus(["only"], [0.1]) == 0
-    with pytest.raises(ConfigError):
-        DecodingOptions(select="vote")
+    masked = torch.rand(6, 37, generator=torch.Generator().manual_seed(0)) < 0.4
+    expected = masked.to(torch.uint8).sort(dim=-1, descending=True, stable=True).indices
+    assert torch.equal(masked_first(masked), expected)

@@ -23,11 +23,12 @@ from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_windows
 from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
                          resolve_model_dir)
 from .config import DecodingOptions, WhisfusionConfig
-from .decoding import DecoderFn, canvas_length, canvas_to_ids, consensus, eager_decoder, head_sizes, pdd
+from .decoding import DecoderFn, canvas_length, canvas_to_ids, eager_decoder, head_sizes, pdd
 from .errors import CheckpointError
-from .fastpath import GraphedDecoder
+from .fastpath import GraphedDecoder, GraphedEncoder
 from .model import Whisfusion
 from .segment import SegmentOptions, split_windows
+from .selection import consensus, vote
 from .tokenizer import Tokenizer
 from .transcript import Segment, Transcript
 from .whisper import WhisperModel
@@ -81,6 +82,7 @@ class ASRModel:
     device = torch.device("cpu")
     dtype = torch.float32
     stopwatch = Stopwatch(torch.device("cpu"))
+    encoder_graphs: GraphedEncoder | None = None  # CUDA: the encoder replayed as a graph per batch size
 
     def mel(self, windows: Sequence[np.ndarray]) -> Tensor:
         """(B, n_mels, 3000) log-mel of B windows (each ≤ 30 s, zero-padded)."""
@@ -91,13 +93,18 @@ class ASRModel:
         self.stopwatch.start()
         mel = self.mel(windows)
         self.stopwatch.lap("mel")
-        xa = self.net.encoder(mel)  # type: ignore[attr-defined]
+        xa = (self.encoder_graphs or self.net.encoder)(mel)  # type: ignore[attr-defined]
         self.stopwatch.lap("encode")
         return xa
 
     def decode_windows(self, windows: Sequence[np.ndarray],
                        options: DecodingOptions | None = None) -> list[WindowResult]:
         raise NotImplementedError
+
+    def use_encoder_graphs(self, enabled: bool) -> None:
+        """Replays the encoder as a CUDA graph per batch size (CUDA only)."""
+        on = enabled and self.device.type == "cuda"
+        self.encoder_graphs = GraphedEncoder(self.net.encoder) if on else None  # type: ignore[attr-defined]
 
     def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions | None:
         """The decoding options for a preset plus overrides (None for the AR baseline)."""
@@ -149,6 +156,7 @@ class WhisfusionASR(ASRModel):
         """
         on = enabled and self.device.type == "cuda"
         self.graphs = GraphedDecoder(self.net.decoder, compile=compile) if on else None
+        self.use_encoder_graphs(on)
 
     def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions:
         return self.cfg.decoding_options(preset, **overrides)
@@ -172,8 +180,8 @@ class WhisfusionASR(ASRModel):
                   self.device)
         self.stopwatch.lap("decode")
         best, scores = out.best.tolist(), out.candidate_confidence.tolist()  # (B,), (B, k)
-        return [self._result(out.candidates[i], out.token_confidence[i], best[i], scores[i], options)
-                for i in range(len(windows))]
+        cands, conf = out.candidates.tolist(), out.token_confidence.tolist()  # one copy each to the host
+        return [self._result(cands[i], conf[i], best[i], scores[i], options) for i in range(len(windows))]
 
     def _decoder_fn(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
                     sizes: tuple[int, ...]) -> DecoderFn:
@@ -183,15 +191,26 @@ class WhisfusionASR(ASRModel):
             return self.graphs.prepare(xa, n_frames, n_rows, canvas_len, sizes)
         return eager_decoder(self.net.decoder, self.net.decoder.cross_kv(xa, n_frames), xa.shape[0])
 
-    def _result(self, candidates: Tensor, token_conf: Tensor, best: int, scores: list[float],
+    def _result(self, candidates: list[list[int]], token_conf: list[list[float]], best: int, scores: list[float],
                 options: DecodingOptions) -> WindowResult:
         """candidates (k, L), their token probabilities (k, L), the most confident one and all k mean
-        confidences -> the chosen candidate's text (options.select) and all k texts."""
+        confidences -> the chosen candidate's text (options.select) and all k texts.
+
+        The k candidates mostly converge to a few distinct ones: each distinct (canvas, which tokens
+        are below the dedupe threshold) is turned into text once."""
         eos, limit = self.cfg.eos_id, self.tokenizer.vocab_size
-        ids = [canvas_to_ids(c, eos, limit, p, options.dedupe) for c, p in zip(candidates, token_conf)]
-        texts = tuple(self.tokenizer.decode(x) for x in ids)
+        keys = [(*c, *(q < options.dedupe for q in p)) for c, p in zip(candidates, token_conf)]
+        done: dict[tuple, tuple[list[int], str]] = {}
+        for key, c, p in zip(keys, candidates, token_conf):
+            if key not in done:
+                x = canvas_to_ids(c, eos, limit, p, options.dedupe)
+                done[key] = (x, self.tokenizer.decode(x))
+        ids, texts = zip(*(done[key] for key in keys))
+        if options.select == "vote":
+            best = consensus(texts, scores)  # the vote's skeleton: its confidence and token count are reported
+            return WindowResult(vote(texts, scores), scores[best], texts, len(ids[best]))
         if options.select == "consensus":
-            best = consensus(list(texts), scores)
+            best = consensus(texts, scores)
         return WindowResult(texts[best], scores[best], texts, len(ids[best]))
 
 
@@ -209,6 +228,7 @@ class WhisperASR(ASRModel):
         self.prompt = tokenizer.whisper_prompt(net.decoder.config.is_multilingual, language)
         self.eot = tokenizer.eos_id
         self.forced_tokens: int | None = None  # benchmarks: generate exactly this many tokens
+        self.use_encoder_graphs(self.device.type == "cuda" and os.environ.get("WHISFUSION_CUDA_GRAPHS", "1") != "0")
 
     @torch.inference_mode()
     def decode_windows(self, windows: Sequence[np.ndarray],

@@ -178,7 +178,7 @@ class WhisperMDMConfig:
 
 RemaskRule = Literal["low_confidence", "random"]
 RemaskScope = Literal["text", "canvas"]
-SelectRule = Literal["confidence", "consensus"]
+SelectRule = Literal["confidence", "consensus", "vote"]
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,8 @@ class DecodingOptions:
     scope: RemaskScope = "text"
     dedupe: float = 0.5  # adjacent repeated tokens merge when either's confidence is below this (0: off)
     # which candidate wins: "confidence", the highest mean token confidence (the paper's); "consensus",
-    # the one whose words differ least from the other candidates' (MBR), ties to confidence
+    # the one whose words differ least from the other candidates' (MBR), ties to confidence; "vote":
+    # the candidates' word-level vote around the consensus one (ROVER; selection.py)
     select: SelectRule = "confidence"
     preset: str | None = field(default=None, compare=False)  # the name it was built from (a label only)
 
@@ -222,8 +223,8 @@ class DecodingOptions:
             raise ConfigError(f"scope must be 'text' or 'canvas', got {self.scope!r}")
         if not 0.0 <= self.dedupe <= 1.0:
             raise ConfigError(f"dedupe must be in [0, 1], got {self.dedupe}")
-        if self.select not in ("confidence", "consensus"):
-            raise ConfigError(f"select must be 'confidence' or 'consensus', got {self.select!r}")
+        if self.select not in ("confidence", "consensus", "vote"):
+            raise ConfigError(f"select must be 'confidence', 'consensus' or 'vote', got {self.select!r}")
 
     @property
     def preset_name(self) -> str | None:
@@ -269,9 +270,10 @@ def parse_schedule(text: str) -> tuple[float, ...]:
     return values
 
 
-def decoding_overrides(k: int | None, steps: int | None, schedule: str | None, seed: int | None) -> dict[str, Any]:
+def decoding_overrides(k: int | None = None, steps: int | None = None, schedule: str | None = None,
+                       seed: int | None = None, select: str | None = None) -> dict[str, Any]:
     """DecodingOptions fields the user set explicitly (CLI flags); raises WhisfusionError for a bad schedule."""
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {} if select is None else {"select": select}
     if k is not None:
         overrides["k"] = k
     if schedule is not None:

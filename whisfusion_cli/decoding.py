@@ -10,7 +10,6 @@ whatever the transcript length. Functions are small and sync-free so the loop ca
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from torch import Tensor
 
 from .config import DecodingOptions
 from .diffusion import select_remask, select_remask_scoped
+from .token_stats import choose_tokens
 
 DecoderFn = Callable[..., Tensor]
 """(canvas (B*k, L), positions=None) -> logits. positions None: logits (B*k, L, V) at every position;
@@ -62,16 +62,6 @@ def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
     return gen
 
 
-def sample_candidates(logits: Tensor, k: int, temperature: float, generator: torch.Generator) -> Tensor:
-    """Gumbel-max sampling of (B*k, L) ids from (B*k, L, V) logits; candidate 0 of each window is greedy."""
-    noise = torch.rand(logits.shape, device=logits.device, generator=generator)  # (N, L, V) fp32
-    noise.clamp_(1e-20, 1.0 - 1e-7).log_().neg_().log_().neg_()  # Gumbel(0, 1), in place
-    sampled = noise.add_(logits, alpha=1.0 / max(temperature, 1e-6)).argmax(-1)  # no fp32 copy of the logits
-    greedy = logits.argmax(-1)
-    is_first = (torch.arange(logits.shape[0], device=logits.device) % k == 0)[:, None]
-    return torch.where(is_first, greedy, sampled)
-
-
 def content_mask(canvas: Tensor, eos_id: int) -> Tensor:
     """(N, L) True for the tokens before the first end-of-text and for that end-of-text itself."""
     is_eos = (canvas == eos_id).int()
@@ -95,22 +85,6 @@ def head_sizes(schedule: tuple[float, ...], canvas_len: int) -> tuple[int, ...]:
                  for step, rho in enumerate(schedule))
 
 
-def token_probability(logits: Tensor, pred: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(ids, probabilities) of `pred` (default: the argmax) under logits (..., V), both (...).
-
-    p = exp(logit - logsumexp); the sum of exponentials accumulates in fp32 without an fp32 copy
-    of the logits (logsumexp of bf16 logits rounds its result to bf16: a few percent off in p).
-    """
-    top = logits.amax(-1, keepdim=True)  # (..., 1)
-    if pred is None:
-        pred = logits.argmax(-1)
-        chosen = top[..., 0]
-    else:
-        chosen = logits.gather(-1, pred[..., None])[..., 0]
-    total = (logits - top).exp_().sum(-1, dtype=torch.float32)  # (...) fp32, >= 1
-    return pred, torch.exp((chosen - top[..., 0]).float()) / total
-
-
 def predict(decoder: DecoderFn, canvas: Tensor, confidence: Tensor, mask_id: int, first: bool,
             k: int, options: DecodingOptions, generator: torch.Generator,
             n_positions: int | None = None) -> tuple[Tensor, Tensor]:
@@ -121,17 +95,26 @@ def predict(decoder: DecoderFn, canvas: Tensor, confidence: Tensor, mask_id: int
     """
     masked = canvas == mask_id  # (N, L)
     if n_positions is None:
-        logits = decoder(canvas)  # (N, L, V), the model's dtype
-        sampled = sample_candidates(logits, k, options.temperature, generator) if first else None
-        pred, prob = token_probability(logits, sampled)  # (N, L) each
+        pred, prob = choose_tokens(decoder(canvas), first, k, options.temperature, generator)  # (N, L) each
         return torch.where(masked, pred, canvas), torch.where(masked, prob, confidence)
-    # stable sort: masked positions first, each group in canvas order; no host sync
-    positions = masked.to(torch.uint8).sort(dim=-1, descending=True, stable=True).indices[:, :n_positions]  # (N, P)
-    pred, prob = token_probability(decoder(canvas, positions=positions))  # (N, P) each
+    positions = masked_first(masked)[:, :n_positions]  # (N, P)
+    pred, prob = choose_tokens(decoder(canvas, positions=positions))  # (N, P) each
     hit = masked.gather(1, positions)
     new_tokens = torch.where(hit, pred, canvas.gather(1, positions))
     new_conf = torch.where(hit, prob, confidence.gather(1, positions))
     return canvas.scatter(1, positions, new_tokens), confidence.scatter(1, positions, new_conf)
+
+
+def masked_first(masked: Tensor) -> Tensor:
+    """(N, L) each row's positions, its masked ones first, each group in canvas order.
+
+    What a stable sort of `masked` (descending) gives, from two prefix sums and a scatter: on the
+    GPU a sort of these short rows is several kernels and ~25 us per step; no host sync either way.
+    """
+    m = masked.long()
+    slot = torch.where(masked, m.cumsum(-1), m.sum(-1, keepdim=True) + (1 - m).cumsum(-1)) - 1  # (N, L)
+    order = torch.arange(masked.shape[1], device=masked.device).expand_as(slot)
+    return torch.empty_like(slot).scatter_(1, slot, order)
 
 
 @torch.inference_mode()
@@ -205,16 +188,6 @@ def eager_decoder(forward: Callable[..., Tensor], cross_kv: object, n_windows: i
     """A decoder's `forward(tokens, cross_kv, positions=)` over one batch's adapter K/V, as the
     DecoderFn PDD calls, run eagerly on each window's distinct rows (`distinct_rows`)."""
     return distinct_rows(lambda canvas, positions=None: forward(canvas, cross_kv, positions=positions), n_windows)
-
-
-def consensus(texts: list[str], confidence: list[float]) -> int:
-    """Index of the candidate whose words differ least, in total, from the other candidates' (minimum
-    Bayes risk under word edit distance, the candidates as samples); ties go to the more confident."""
-    from rapidfuzz.distance import Levenshtein  # jiwer's edit-distance engine
-
-    words = [re.findall(r"[\w']+", t.lower()) for t in texts]
-    risk = [sum(Levenshtein.distance(a, b) for b in words) for a in words]
-    return min(range(len(texts)), key=lambda i: (risk[i], -confidence[i]))
 
 
 def canvas_to_ids(row: Tensor | list[int], eos_id: int, vocab_limit: int | None = None,

@@ -81,8 +81,9 @@ def select_remask_scoped(canvas: Tensor, confidence: Tensor, fraction: float, ru
     scope = ((is_eos.cumsum(-1) - is_eos) == 0) | (confidence < DOUBT)  # (N, L)
     count = (fraction * scope.sum(-1)).round()  # (N,)
     score = _remask_score(confidence, rule, generator)
-    rank = score.masked_fill(~scope, float("inf")).argsort(-1).argsort(-1)  # 0 = first to re-mask
-    return rank < count[:, None]
+    order = score.masked_fill(~scope, float("inf")).argsort(-1)  # (N, L) first to re-mask first
+    first = torch.arange(canvas.shape[1], device=canvas.device) < count[:, None]  # (N, L) the first count slots
+    return torch.zeros_like(first).scatter_(1, order, first)
 
 
 def _remask_score(confidence: Tensor, rule: RemaskRule, generator: torch.Generator | None) -> Tensor:

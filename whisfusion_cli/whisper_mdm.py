@@ -14,8 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import WhisperMDMConfig
-from .whisper import KV, DecoderLayer, LayerNorm, audio_key_mask, gather_positions
-
+from .whisper import KV, DecoderLayer, LayerNorm, audio_key_mask, gather_positions, tied_head
 
 
 class MDMLayer(DecoderLayer):
@@ -70,7 +69,7 @@ class WhisperMDMDecoder(nn.Module):
             x = layer(x, kv)
         x = x[:, p - 1: p - 1 + length] if self.config.shift and p else x[:, p:]  # (N, L, C)
         x = self.layer_norm(gather_positions(x, positions))  # (N, L or P, C)
-        return x @ self.embed_tokens.weight[: self.config.n_vocab].T  # tied head; [MASK] never predicted
+        return tied_head(self, x, self.embed_tokens.weight, self.config.n_vocab)  # [MASK] never predicted
 
     def init_buffers(self) -> None:
         """Rebuilds the non-persistent prefix buffer (after loading on the meta device)."""
