@@ -81,7 +81,7 @@ def stages(asr, seconds: float, preset: str) -> None:
         print(f"decoder P={p:3d} eager {median_ms(run):7.3f} ms   graph {median_ms(graphed(run)):7.3f} ms")
     logits = dec(canvas, kv)
     gen = torch.Generator(device=dev).manual_seed(0)
-    print(f"choose (sample)    {median_ms(lambda: choose_tokens(logits, True, k, 1.0, gen)):7.3f} ms  (N,L,V)")
+    print(f"choose (sample)    {median_ms(lambda: choose_tokens(logits, sample=True, k=k, generator=gen)):7.3f} ms  (N,L,V)")
     print(f"choose (argmax)    {median_ms(lambda: choose_tokens(logits)):7.3f} ms  (N,L,V)")
     small = dec(canvas, kv, positions=pos)
     print(f"choose (argmax)    {median_ms(lambda: choose_tokens(small)):7.3f} ms  (N,{small.shape[1]},V)")

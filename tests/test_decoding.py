@@ -262,10 +262,13 @@ def test_distinct_rows_decodes_each_windows_distinct_canvases_once():
     canvas[1, 0] = canvas[2, 0] = 5  # window 0: rows {0, 3}, {1, 2}; window 1: all four equal
     positions = torch.arange(6).expand(8, -1)[:, :4].contiguous()
     for pos in (None, positions):
-        out = distinct_rows(rec, 2)(canvas, positions=pos)
-        assert rec.calls[-1].shape == (4, 6)  # 2 windows x 2 rows (window 1 pads with a repeat)
-        assert torch.equal(out, at(window_aware(canvas), pos))
-    assert distinct_rows(rec, 2)(canvas[:4].repeat(2, 1)).shape == (8, 6, V)
+        logits, rows = distinct_rows(rec, 2)(canvas, positions=pos)
+        assert rec.calls[-1].shape == (4, 6) and logits.shape[0] == 4  # 2 windows x 2 rows (window 1 repeats one)
+        assert torch.equal(logits[rows], at(window_aware(canvas), pos))  # canvas row n reads logits[rows[n]]
+    logits, rows = distinct_rows(rec, 2)(canvas[:4].repeat(2, 1))
+    assert logits[rows].shape == (8, 6, V)
+    every = torch.arange(48).view(8, 6) % 7  # every row distinct: the plain decoder's logits
+    assert torch.equal(distinct_rows(rec, 2)(every), window_aware(every))
 
 
 @pytest.mark.parametrize("family", ["smdm", "whisper-mdm"])

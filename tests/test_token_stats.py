@@ -18,6 +18,17 @@ def test_greedy_choice_is_argmax_with_its_softmax_probability():
     assert torch.allclose(probs, logits.softmax(-1).amax(-1), atol=1e-6)
 
 
+def test_shared_rows_give_the_same_choice_as_spelled_out_logits():
+    logits = _logits((3, 7, 50))
+    rows = torch.tensor([0, 0, 2, 1, 2, 2])
+    ids, probs = choose_tokens(logits, rows=rows)
+    ref_ids, ref_probs = choose_tokens(logits[rows])
+    assert torch.equal(ids, ref_ids) and torch.equal(probs, ref_probs)
+    a = choose_tokens(logits, rows=rows, sample=True, k=3, generator=torch.Generator().manual_seed(1))
+    b = choose_tokens(logits[rows], sample=True, k=3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # one draw per output row
+
+
 def test_sampling_keeps_candidate_zero_greedy_and_follows_the_distribution():
     k, n_windows = 5, 200
     logits = torch.log(torch.tensor([0.6, 0.3, 0.1]))[None, None].expand(n_windows * k, 1, 3).contiguous()
@@ -40,7 +51,7 @@ def test_triton_kernel_matches_torch_on_cuda():
     padded = _logits((6, 9, 51904), "cuda", torch.bfloat16)
     logits = padded[..., :51865]  # strided rows, as the padded head returns them
     ids, probs = choose_tokens(logits)
-    ref_ids, ref_probs = token_stats._choose_torch(logits.float(), False, 1, 1.0, None)
+    ref_ids, ref_probs = token_stats._argmax_torch(logits.float())
     assert torch.equal(ids, ref_ids)
     assert torch.allclose(probs, ref_probs, rtol=1e-3)
     k, n_windows = 4, 500

@@ -20,10 +20,12 @@ from .config import DecodingOptions
 from .diffusion import select_remask, select_remask_scoped
 from .token_stats import choose_tokens
 
-DecoderFn = Callable[..., Tensor]
+DecoderFn = Callable[..., Tensor | tuple[Tensor, Tensor]]
 """(canvas (B*k, L), positions=None) -> logits. positions None: logits (B*k, L, V) at every position;
 positions (B*k, P) int64: logits (B*k, P, V) at those positions only, so PDD skips the output head
-(most of a pass's FLOPs with a 51,865-token vocabulary) where no token can change."""
+(most of a pass's FLOPs with a 51,865-token vocabulary) where no token can change. A decoder that
+computes equal rows once may return (logits (M, L or P, V), rows (B*k,) int64): canvas row n's
+logits are logits[rows[n]] (`distinct_rows`), never spelled out."""
 TOKENS_PER_SECOND = 8  # canvas positions per second of audio: well above fast speech (~5 tokens/s)
 MIN_CANVAS = 16
 CANVAS_MULTIPLE = 16  # canvas lengths are rounded up to this: few distinct shapes (CUDA graphs, kernels)
@@ -95,14 +97,19 @@ def predict(decoder: DecoderFn, canvas: Tensor, confidence: Tensor, mask_id: int
     """
     masked = canvas == mask_id  # (N, L)
     if n_positions is None:
-        pred, prob = choose_tokens(decoder(canvas), first, k, options.temperature, generator)  # (N, L) each
-        return torch.where(masked, pred, canvas), torch.where(masked, prob, confidence)
+        pred, prob = choose_tokens(*_logits_rows(decoder(canvas)), first, k, options.temperature, generator)
+        return torch.where(masked, pred, canvas), torch.where(masked, prob, confidence)  # (N, L) each
     positions = masked_first(masked)[:, :n_positions]  # (N, P)
-    pred, prob = choose_tokens(decoder(canvas, positions=positions))  # (N, P) each
+    pred, prob = choose_tokens(*_logits_rows(decoder(canvas, positions=positions)))  # (N, P) each
     hit = masked.gather(1, positions)
     new_tokens = torch.where(hit, pred, canvas.gather(1, positions))
     new_conf = torch.where(hit, prob, confidence.gather(1, positions))
     return canvas.scatter(1, positions, new_tokens), confidence.scatter(1, positions, new_conf)
+
+
+def _logits_rows(out: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+    """A DecoderFn's result as (logits, rows or None)."""
+    return out if isinstance(out, tuple) else (out, None)
 
 
 def masked_first(masked: Tensor) -> Tensor:
@@ -179,7 +186,7 @@ def distinct_rows(decoder: DecoderFn, n_windows: int) -> DecoderFn:
         pick[win, slot] = torch.arange(n, device=dev) % k
         rows = (torch.arange(n_windows, device=dev)[:, None] * k + pick).flatten()  # (B * width,)
         logits = decoder(canvas[rows], positions=None if positions is None else positions[rows])
-        return logits[win * width + slot]  # (N, L or P, V)
+        return logits, win * width + slot  # (B * width, L or P, V), and each canvas row's logits row
 
     return fn
 

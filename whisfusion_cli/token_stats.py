@@ -1,6 +1,6 @@
 """The token each canvas position takes and its probability, from the decoder's logits, in one read.
 
-Every PDD pass ends here: per position, the argmax (or, on the first pass, a Gumbel-max sample)
+Every PDD pass ends here: per position, the argmax (or, on the first pass, a sample)
 and that token's probability under the softmax. With a 51,865-token vocabulary the logits are
 the biggest tensor of a pass (15 candidates x 208 positions: 320 MB of bf16), and the plain torch
 version reads them five to eight times (max, argmax, subtract, exp, sum; noise, log, log, add on the
@@ -24,32 +24,61 @@ except ImportError:  # pragma: no cover - depends on the install
 BLOCK = 2048  # vocabulary entries per iteration of a row's loop
 
 
-def choose_tokens(logits: Tensor, sample: bool = False, k: int = 1, temperature: float = 1.0,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """(ids, probabilities), each logits.shape[:-1], from logits (..., V) of any float dtype.
+def choose_tokens(logits: Tensor, rows: Tensor | None = None, sample: bool = False, k: int = 1,
+                  temperature: float = 1.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """(ids, probabilities), each (N, ...), from logits (M, ..., V) of any float dtype (M = N without rows).
 
-    sample=False: the argmax. sample=True: a Gumbel-max sample at `temperature`, except that row 0 of
-    every k rows (candidate 0 of each window, rows window-major) takes the argmax. The probability
-    is the chosen token's under softmax(logits) (temperature 1), computed in fp32.
+    sample=False: the argmax. sample=True: a sample from softmax(logits / temperature), except that
+    row 0 of every k rows (candidate 0 of each window, rows window-major) takes the argmax. The
+    probability is the chosen token's under softmax(logits) (temperature 1), computed in fp32.
+    rows (N,): output row n reads logits[rows[n]] (equal canvas rows share their logits); the argmax
+    is then taken once per logits row, a sample still once per output row.
     """
-    if logits.is_cuda and triton is not None:
-        return _choose_triton(logits, sample, k, temperature, generator)
-    return _choose_torch(logits, sample, k, temperature, generator)
+    if rows is not None and not sample:
+        ids, probs = choose_tokens(logits)  # once per logits row
+        return ids[rows], probs[rows]
+    if logits.is_cuda and triton is not None:  # Gumbel-max in the kernel, one row each
+        return _choose_triton(logits if rows is None else logits[rows], sample, k, temperature, generator)
+    if sample:
+        return _sample_torch(logits, rows, k, temperature, generator)
+    return _argmax_torch(logits)
 
 
-def _choose_torch(logits: Tensor, sample: bool, k: int, temperature: float,
-                  generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+def _argmax_torch(logits: Tensor) -> tuple[Tensor, Tensor]:
     top = logits.amax(-1, keepdim=True)  # (..., 1)
     pred = logits.argmax(-1)
-    if sample:
-        noise = torch.rand(logits.shape, device=logits.device, generator=generator)  # (..., V) fp32
-        noise.clamp_(1e-20, 1.0 - 1e-7).log_().neg_().log_().neg_()  # Gumbel(0, 1), in place
-        sampled = noise.add_(logits, alpha=1.0 / max(temperature, 1e-6)).argmax(-1)  # no fp32 copy of the logits
-        first = torch.arange(pred.shape[0], device=pred.device) % k == 0  # candidate 0 of each window
-        pred = torch.where(first.view(-1, *([1] * (pred.dim() - 1))), pred, sampled)
     chosen = logits.gather(-1, pred[..., None])[..., 0]
     total = (logits - top).exp_().sum(-1, dtype=torch.float32)  # (...) fp32, >= 1
     return pred, torch.exp((chosen - top[..., 0]).float()) / total
+
+
+def _sample_torch(logits: Tensor, rows: Tensor | None, k: int, temperature: float,
+                  generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """`choose_tokens(sample=True)` off CUDA: inverse-CDF sampling, one uniform per output position
+    searched in its logits row's cumulative distribution. Gumbel-max noise over every output row's
+    vocabulary took ~1 s of a 10 s clip's first PDD step on a 2-core CPU (15 x 96 x 51,865
+    uniforms). The same distribution, other numbers; shared rows (`rows`) or spelled-out equal rows
+    give the same samples."""
+    m, vocab = logits.shape[0], logits.shape[-1]
+    flat = logits.reshape(m, -1, vocab).float()  # (M, R, V)
+    rows = torch.arange(m, device=logits.device) if rows is None else rows
+    n, r = rows.shape[0], flat.shape[1]
+    index = rows[:, None] * r + torch.arange(r, device=rows.device)  # (N, R) rows of the (M*R, V) view
+    cdf = (flat / max(temperature, 1e-6)).softmax(-1).view(-1, vocab).cumsum(-1)  # (M*R, V)
+    u = torch.rand(n, r, device=logits.device, generator=generator) * cdf[index, -1]
+    lo = torch.zeros(n, r, dtype=torch.long, device=logits.device)
+    hi = torch.full_like(lo, vocab - 1)
+    for _ in range(vocab.bit_length()):  # binary search: the first token whose cdf reaches u
+        mid = (lo + hi) // 2
+        right = cdf[index, mid] < u
+        lo, hi = torch.where(right, mid + 1, lo), torch.where(right, hi, mid)
+    greedy, _ = _argmax_torch(flat)  # (M, R)
+    first = (torch.arange(n, device=rows.device) % k == 0)[:, None]  # candidate 0 of each window
+    pred = torch.where(first, greedy[rows], lo)  # (N, R)
+    top = flat.amax(-1)  # (M, R)
+    total = (flat - top[..., None]).exp().sum(-1)
+    prob = torch.exp(flat.view(-1, vocab)[index, pred] - top[rows]) / total[rows]
+    return pred.view(n, *logits.shape[1:-1]), prob.view(n, *logits.shape[1:-1])
 
 
 def _choose_triton(logits: Tensor, sample: bool, k: int, temperature: float,
