@@ -84,16 +84,16 @@ def _sample_torch(logits: Tensor, rows: Tensor | None, k: int, temperature: floa
 def _choose_triton(logits: Tensor, sample: bool, k: int, temperature: float,
                    generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     shape, vocab = logits.shape[:-1], logits.shape[-1]
-    rows = logits.reshape(-1, vocab) if logits.stride(-1) == 1 and _rows_uniform(logits) else None
-    if rows is None:  # a layout the kernel cannot stride through: one contiguous copy
-        rows = logits.contiguous().view(-1, vocab)
-    n = rows.shape[0]
+    table = logits.reshape(-1, vocab) if logits.stride(-1) == 1 and _rows_uniform(logits) else None
+    if table is None:  # a layout the kernel cannot stride through: one contiguous copy
+        table = logits.contiguous().view(-1, vocab)
+    n = table.shape[0]
     ids = torch.empty(n, dtype=torch.long, device=logits.device)
     probs = torch.empty(n, dtype=torch.float32, device=logits.device)
     seed = (torch.randint(0, 2**31 - 1, (1,), device=logits.device, generator=generator, dtype=torch.int64)
             if sample else torch.zeros(1, dtype=torch.int64, device=logits.device))  # no host sync
     per_candidate = n // max(shape[0], 1) if len(shape) else 1  # rows of one candidate (its positions)
-    _choose_kernel[(n,)](rows, rows.stride(0), vocab, seed, 1.0 / max(temperature, 1e-6), max(k, 1),
+    _choose_kernel[(n,)](table, table.stride(0), vocab, seed, 1.0 / max(temperature, 1e-6), max(k, 1),
                          per_candidate, ids, probs, SAMPLE=sample, BLOCK=BLOCK)
     return ids.view(shape), probs.view(shape)
 
