@@ -101,6 +101,10 @@ class ASRModel:
                        options: DecodingOptions | None = None) -> list[WindowResult]:
         raise NotImplementedError
 
+    def graphs_wanted(self) -> bool:
+        """CUDA graphs by default on CUDA; WHISFUSION_CUDA_GRAPHS=0 turns them off."""
+        return self.device.type == "cuda" and os.environ.get("WHISFUSION_CUDA_GRAPHS", "1") != "0"
+
     def use_encoder_graphs(self, enabled: bool) -> None:
         """Replays the encoder as a CUDA graph per batch size (CUDA only)."""
         on = enabled and self.device.type == "cuda"
@@ -145,7 +149,7 @@ class WhisfusionASR(ASRModel):
         self.device, self.dtype, self.n_mels = param.device, param.dtype, cfg.encoder.n_mels
         self.stopwatch = Stopwatch(self.device)
         self.graphs: GraphedDecoder | None = None
-        self.use_cuda_graphs(self.device.type == "cuda" and os.environ.get("WHISFUSION_CUDA_GRAPHS", "1") != "0")
+        self.use_cuda_graphs(self.graphs_wanted())
 
     def use_cuda_graphs(self, enabled: bool, compile: bool = False) -> None:
         """Replays captured CUDA graphs of the decoder (CUDA only; WHISFUSION_CUDA_GRAPHS=0 disables).
@@ -206,12 +210,10 @@ class WhisfusionASR(ASRModel):
                 x = canvas_to_ids(c, eos, limit, p, options.dedupe)
                 done[key] = (x, self.tokenizer.decode(x))
         ids, texts = zip(*(done[key] for key in keys))
-        if options.select == "vote":
-            best = consensus(texts, scores)  # the vote's skeleton: its confidence and token count are reported
-            return WindowResult(vote(texts, scores), scores[best], texts, len(ids[best]))
-        if options.select == "consensus":
-            best = consensus(texts, scores)
-        return WindowResult(texts[best], scores[best], texts, len(ids[best]))
+        if options.select in ("consensus", "vote"):
+            best = consensus(texts, scores)  # also the vote's center: its confidence and token count are reported
+        text = vote(texts, scores, best) if options.select == "vote" else texts[best]
+        return WindowResult(text, scores[best], texts, len(ids[best]))
 
 
 class WhisperASR(ASRModel):
@@ -228,7 +230,7 @@ class WhisperASR(ASRModel):
         self.prompt = tokenizer.whisper_prompt(net.decoder.config.is_multilingual, language)
         self.eot = tokenizer.eos_id
         self.forced_tokens: int | None = None  # benchmarks: generate exactly this many tokens
-        self.use_encoder_graphs(self.device.type == "cuda" and os.environ.get("WHISFUSION_CUDA_GRAPHS", "1") != "0")
+        self.use_encoder_graphs(self.graphs_wanted())
 
     @torch.inference_mode()
     def decode_windows(self, windows: Sequence[np.ndarray],

@@ -126,18 +126,6 @@ class GraphedDecoder:
         g.kv_graph.replay()
         return g.run
 
-    def _warm_up(self, canvas: Tensor, xa: Tensor, n_frames: Tensor, sizes: tuple[int, ...]) -> None:
-        """Runs every shape twice outside capture (cuBLAS/SDPA workspaces; compilation if asked)."""
-        dec = self.decoder
-        side = torch.cuda.Stream(xa.device)
-        side.wait_stream(torch.cuda.current_stream(xa.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                kv = dec.cross_kv(xa, n_frames)
-                for p in sizes:
-                    self.forward(canvas, kv, positions=_positions(canvas, p))
-        torch.cuda.current_stream(xa.device).wait_stream(side)
-
     def _capture(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
                  sizes: tuple[int, ...]) -> _Captured:
         """Captures this shape; a compiled forward that fails to compile or capture is dropped for the plain one."""
@@ -156,7 +144,13 @@ class GraphedDecoder:
         dec = self.decoder
         xa_s, nf_s = xa.clone(), n_frames.clone()
         canvas_s = torch.full((n_rows, canvas_len), dec.config.mask_id, dtype=torch.long, device=xa.device)
-        self._warm_up(canvas_s, xa_s, nf_s, sizes)
+
+        def passes() -> None:  # every shape, outside capture
+            kv = dec.cross_kv(xa_s, nf_s)
+            for p in sizes:
+                self.forward(canvas_s, kv, positions=_positions(canvas_s, p))
+
+        _warm_up(passes, xa.device)
         kv_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(kv_graph):
             kv: list[KV] = dec.cross_kv(xa_s, nf_s)
@@ -191,16 +185,21 @@ class GraphedEncoder:
         return static_out.clone()
 
     def _capture(self, mel: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, Tensor]:
-        side = torch.cuda.Stream(mel.device)
-        side.wait_stream(torch.cuda.current_stream(mel.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self.encoder(mel)
-        torch.cuda.current_stream(mel.device).wait_stream(side)
+        _warm_up(lambda: self.encoder(mel), mel.device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = self.encoder(mel)
         return mel, graph, out
+
+
+def _warm_up(fn: Callable[[], object], device: torch.device, times: int = 2) -> None:
+    """Runs fn on a side stream before capture (cuBLAS/SDPA workspaces, compilation), as CUDA graphs require."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(times):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
 
 
 def _positions(canvas: Tensor, n_positions: int) -> Tensor | None:

@@ -55,12 +55,13 @@ def _words(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def vote(texts: list[str] | tuple[str, ...], confidence: list[float]) -> str:
-    """The k candidates' word-level vote (ROVER) around their consensus candidate; see the module doc."""
+def vote(texts: list[str] | tuple[str, ...], confidence: list[float], center: int | None = None) -> str:
+    """The k candidates' word-level vote (ROVER) around their consensus candidate; see the module doc.
+    `center`: that candidate's index, if the caller has it already."""
     from rapidfuzz.distance import Levenshtein
 
     texts = list(texts)
-    skeleton = _words(texts[consensus(texts, confidence)])
+    skeleton = _words(texts[consensus(texts, confidence) if center is None else center])
     keys = [k for k, _ in skeleton]
     slots: list[Counter] = [Counter() for _ in skeleton]  # key (None: nothing) -> votes
     inserts: list[Counter] = [Counter() for _ in range(len(skeleton) + 1)]  # before skeleton word g

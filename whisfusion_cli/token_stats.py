@@ -72,9 +72,8 @@ def _sample_torch(logits: Tensor, rows: Tensor | None, k: int, temperature: floa
         mid = (lo + hi) // 2
         right = cdf[index, mid] < u
         lo, hi = torch.where(right, mid + 1, lo), torch.where(right, hi, mid)
-    greedy, _ = _argmax_torch(flat)  # (M, R)
     first = (torch.arange(n, device=rows.device) % k == 0)[:, None]  # candidate 0 of each window
-    pred = torch.where(first, greedy[rows], lo)  # (N, R)
+    pred = torch.where(first, flat.argmax(-1)[rows], lo)  # (N, R)
     top = flat.amax(-1)  # (M, R)
     total = (flat - top[..., None]).exp().sum(-1)
     prob = torch.exp(flat.view(-1, vocab)[index, pred] - top[rows]) / total[rows]
