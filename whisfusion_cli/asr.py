@@ -20,13 +20,14 @@ import torch
 from torch import Tensor
 
 from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_windows
-from .checkpoint import (load_whisfusion, load_whisper, read_config, resolve_device, resolve_dtype,
-                         resolve_model_dir)
+from .checkpoint import (load_rescorer, load_whisfusion, load_whisper, read_config, resolve_device,
+                         resolve_dtype, resolve_model_dir)
 from .config import DecodingOptions, WhisfusionConfig
 from .decoding import DecoderFn, canvas_length, canvas_to_ids, eager_decoder, head_sizes, pdd
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .fastpath import GraphedDecoder, GraphedEncoder
 from .model import Whisfusion
+from .rescoring import Rescorer
 from .segment import SegmentOptions, split_windows
 from .selection import consensus, vote
 from .tokenizer import Tokenizer
@@ -45,6 +46,7 @@ class WindowResult:
     confidence: float  # PDD: mean token probability; AR: exp(mean log-probability)
     candidates: tuple[str, ...] = ()  # PDD: all k candidates (for oracle WER)
     n_tokens: int = 0
+    ar_passes: int = 0  # PDD with verify: the AR decoder's passes over this window's batch
 
 
 class Stopwatch:
@@ -143,8 +145,9 @@ class WhisfusionASR(ASRModel):
 
     engine = "pdd"
 
-    def __init__(self, net: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokenizer, name: str = ""):
-        self.net, self.cfg, self.tokenizer, self.name = net, cfg, tokenizer, name
+    def __init__(self, net: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokenizer, name: str = "",
+                 rescorer: Rescorer | None = None):
+        self.net, self.cfg, self.tokenizer, self.name, self.rescorer = net, cfg, tokenizer, name, rescorer
         param = next(net.parameters())
         self.device, self.dtype, self.n_mels = param.device, param.dtype, cfg.encoder.n_mels
         self.stopwatch = Stopwatch(self.device)
@@ -171,21 +174,31 @@ class WhisfusionASR(ASRModel):
         options = options or self.options()
         if not windows:
             return []
+        self.check_options(options)
         frames = [audio_frames(len(w)) for w in windows]
         n_frames = torch.tensor(frames, device=self.device)
         n_states = min(N_AUDIO_CTX, -(-max(frames) // FRAME_BUCKET) * FRAME_BUCKET)
-        xa = self.encode(windows)[:, :n_states]  # (B, S, C_audio): speech frames + margin, bucketed
+        xa = self.encode(windows)  # (B, 1500, C_audio)
         max_len = self.cfg.decoder.max_seq_len
         longest = max(len(w) for w in windows) / SAMPLE_RATE
         canvas_len = min(options.canvas_len or canvas_length(longest, max_len), max_len)
-        decoder = self._decoder_fn(xa, n_frames, len(windows) * options.k, canvas_len,
-                                   head_sizes(options.schedule, canvas_len))
+        decoder = self._decoder_fn(xa[:, :n_states], n_frames, len(windows) * options.k, canvas_len,
+                                   head_sizes(options.schedule, canvas_len))  # speech frames + margin, bucketed
         out = pdd(decoder, len(windows), canvas_len, self.cfg.decoder.mask_id, self.cfg.eos_id, options,
                   self.device)
         self.stopwatch.lap("decode")
         best, scores = out.best.tolist(), out.candidate_confidence.tolist()  # (B,), (B, k)
         cands, conf = out.candidates.tolist(), out.token_confidence.tolist()  # one copy each to the host
-        return [self._result(cands[i], conf[i], best[i], scores[i], options) for i in range(len(windows))]
+        texts = [self._texts(cands[i], conf[i], options) for i in range(len(windows))]
+        results = self._results(texts, best, scores, xa, options)
+        self.stopwatch.lap("decode")
+        return results
+
+    def check_options(self, options: DecodingOptions) -> None:
+        """Raises ConfigError if the options need what this model lacks (a rescorer)."""
+        if (options.select == "rescore" or options.verify) and self.rescorer is None:
+            raise ConfigError(f"{self.name or 'this model'} ships no rescorer (Whisper's AR decoder), which "
+                              "--select rescore and --verify need")
 
     def _decoder_fn(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
                     sizes: tuple[int, ...]) -> DecoderFn:
@@ -195,25 +208,45 @@ class WhisfusionASR(ASRModel):
             return self.graphs.prepare(xa, n_frames, n_rows, canvas_len, sizes)
         return eager_decoder(self.net.decoder, self.net.decoder.cross_kv(xa, n_frames), xa.shape[0])
 
-    def _result(self, candidates: list[list[int]], token_conf: list[list[float]], best: int, scores: list[float],
-                options: DecodingOptions) -> WindowResult:
-        """candidates (k, L), their token probabilities (k, L), the most confident one and all k mean
-        confidences -> the chosen candidate's text (options.select) and all k texts.
+    def _texts(self, candidates: list[list[int]], token_conf: list[list[float]],
+               options: DecodingOptions) -> tuple[str, ...]:
+        """A window's k candidates (k, L) and their token probabilities (k, L) -> the k texts.
 
         The k candidates mostly converge to a few distinct ones: each distinct (canvas, which tokens
         are below the dedupe threshold) is turned into text once."""
         eos, limit = self.cfg.eos_id, self.tokenizer.vocab_size
         keys = [(*c, *(q < options.dedupe for q in p)) for c, p in zip(candidates, token_conf)]
-        done: dict[tuple, tuple[list[int], str]] = {}
+        done: dict[tuple, str] = {}
         for key, c, p in zip(keys, candidates, token_conf):
             if key not in done:
-                x = canvas_to_ids(c, eos, limit, p, options.dedupe)
-                done[key] = (x, self.tokenizer.decode(x))
-        ids, texts = zip(*(done[key] for key in keys))
-        if options.select in ("consensus", "vote"):
-            best = consensus(texts, scores)  # also the vote's center: its confidence and token count are reported
-        text = vote(texts, scores, best) if options.select == "vote" else texts[best]
-        return WindowResult(text, scores[best], texts, len(ids[best]))
+                done[key] = self.tokenizer.decode(canvas_to_ids(c, eos, limit, p, options.dedupe))
+        return tuple(done[key] for key in keys)
+
+    def _results(self, texts: list[tuple[str, ...]], best: list[int], scores: list[list[float]], xa: Tensor,
+                 options: DecodingOptions) -> list[WindowResult]:
+        """Each window's k texts -> its text by options.select, verified by the AR decoder if options.verify.
+
+        best: the most confident candidate per window; scores: all k mean confidences; xa: (B, 1500, C)."""
+        ar_kv = self.rescorer.cross_kv(xa) if options.select == "rescore" or options.verify else None
+        if options.select == "rescore":
+            ar = self.rescored(ar_kv, texts)
+            best = [max(range(len(s)), key=lambda j: (a[j], s[j])) for a, s in zip(ar, scores)]
+        elif options.select in ("consensus", "vote"):  # the consensus is also the vote's center
+            best = [consensus(t, s) for t, s in zip(texts, scores)]
+        chosen = [vote(t, s, b) if options.select == "vote" else t[b] for t, s, b in zip(texts, scores, best)]
+        passes = 0
+        if options.verify:
+            ids, passes = self.rescorer.verify(ar_kv, self.tokenizer.encode_transcripts(chosen), options.verify)
+            chosen = [self.tokenizer.decode(x) for x in ids]
+        return [WindowResult(text, s[b], t, len(self.tokenizer.encode(text)), passes)
+                for text, t, s, b in zip(chosen, texts, scores, best)]
+
+    def rescored(self, ar_kv: list, texts: list[tuple[str, ...]]) -> list[list[float]]:
+        """log p_AR(text + end-of-text | audio) of every window's candidate texts, each distinct one read once."""
+        distinct = [list(dict.fromkeys(t)) for t in texts]
+        ids = [self.tokenizer.encode_transcripts(d) for d in distinct]
+        by_text = [dict(zip(d, s)) for d, s in zip(distinct, self.rescorer.scores(ar_kv, ids))]
+        return [[m[x] for x in t] for m, t in zip(by_text, texts)]
 
 
 class WhisperASR(ASRModel):
@@ -260,7 +293,7 @@ def load_model(path_or_repo: str | Path, device: str | torch.device = "auto",
     kind = read_config(model_dir).get("model_type")
     if kind == "whisfusion":
         net, cfg, tok = load_whisfusion(model_dir, dev, dt)
-        return WhisfusionASR(net, cfg, tok, str(path_or_repo))
+        return WhisfusionASR(net, cfg, tok, str(path_or_repo), load_rescorer(model_dir, net, cfg))
     if kind == "whisper":
         net, tok = load_whisper(model_dir, dev, dt)
         return WhisperASR(net, tok, str(path_or_repo))

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from safetensors.torch import load_file, save_file
 from .config import WhisfusionConfig, WhisperMDMConfig, whisper_configs_from_hf
 from .errors import CheckpointError
 from .model import Whisfusion
+from .rescoring import Rescorer
 from .tokenizer import Tokenizer
-from .whisper import WhisperModel
+from .whisper import WhisperModel, WhisperTextDecoder
 
 HUB_FILES = ["config.json", "*.safetensors", "tokenizer.json", "MODEL_CARD.md", "README.md"]
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -81,11 +83,15 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{model_dir}: unreadable config.json ({e})") from None
 
 
-def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    """All tensors of all *.safetensors files in the directory (one file or shards)."""
-    files = sorted(model_dir.glob("*.safetensors"))
+RESCORER_FILES = "rescorer"  # rescorer*.safetensors: the AR decoder shipped beside the model (rescoring.py)
+
+
+def load_weights(model_dir: Path, rescorer: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of the directory's *.safetensors files (one file or shards): the model's, or with
+    `rescorer` those of the rescorer*.safetensors files."""
+    files = [f for f in sorted(model_dir.glob("*.safetensors")) if f.name.startswith(RESCORER_FILES) == rescorer]
     if not files:
-        raise CheckpointError(f"{model_dir}: no *.safetensors weights")
+        raise CheckpointError(f"{model_dir}: no {'rescorer' if rescorer else ''}*.safetensors weights")
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
@@ -136,6 +142,42 @@ def init_from_whisper(model_dir: Path, max_seq_len: int = 256) -> tuple[Whisfusi
     model.load_state_dict(state, strict=True)
     model.decoder.init_mask_embedding()
     return model.float(), cfg, tokenizer
+
+
+def load_rescorer(model_dir: Path, model: Whisfusion, cfg: WhisfusionConfig) -> Rescorer | None:
+    """The AR decoder a whisper-mdm checkpoint ships beside it (config `rescorer`), on the model's
+    embedding, device and dtype; None if it ships none."""
+    if cfg.rescorer is None or not isinstance(cfg.decoder, WhisperMDMConfig):
+        return None
+    with torch.device("meta"):
+        decoder = WhisperTextDecoder(cfg.rescorer)
+    rescorer = Rescorer(decoder, model.decoder.embed_tokens, list(cfg.decoder.prefix), cfg.eos_id)
+    rescorer.decoder.load_state_dict(load_weights(model_dir, rescorer=True), strict=True, assign=True)
+    param = next(model.parameters())
+    return rescorer.to(device=param.device, dtype=param.dtype).eval()
+
+
+def add_rescorer(model_dir: Path, whisper_dir: Path, max_shard_bytes: int = 15_000_000) -> list[Path]:
+    """Ships `whisper_dir`'s AR text decoder beside the whisper-mdm model in `model_dir` (its tensors
+    but the token embedding, which must equal the model's, as fp16 rescorer-*.safetensors shards) and
+    names it in config.json. The model's own files are left as they are."""
+    data = read_config(model_dir)
+    _, text = whisper_configs_from_hf(read_config(whisper_dir))
+    mdm = load_weights(model_dir)["decoder.embed_tokens.weight"][: text.n_vocab]
+    prefix = "model.decoder."
+    state = {k[len(prefix):]: v.half() for k, v in load_weights(whisper_dir).items() if k.startswith(prefix)}
+    if not torch.equal(state.pop("embed_tokens.weight"), mdm.half()):
+        raise CheckpointError(f"{whisper_dir}: its token embedding is not the model's; it cannot share it")
+    for f in model_dir.glob(f"{RESCORER_FILES}*.safetensors"):
+        f.unlink()
+    shards = shard_state(state, max_shard_bytes)
+    paths = [model_dir / f"{RESCORER_FILES}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for shard, path in zip(shards, paths):
+        save_file(shard, str(path), metadata={"format": "pt"})
+        path.chmod((model_dir / "config.json").stat().st_mode & 0o666)  # as the model's own files
+    data["rescorer"] = asdict(text)
+    (model_dir / "config.json").write_text(json.dumps(data, indent=2) + "\n")
+    return paths
 
 
 def load_whisfusion(model_dir: Path, device: torch.device,

@@ -73,7 +73,13 @@ PresetOpt = Annotated[Optional[str], typer.Option(
                            "with N=4/8/12 steps, see its MODEL_CARD.md). Default: the model's.")]
 SelectOpt = Annotated[Optional[str], typer.Option(
     "--select", help="How the k candidates become one text: confidence (the most confident), consensus "
-                     "(the one closest to the others) or vote (their word-level vote); overrides the preset.")]
+                     "(the one closest to the others), vote (their word-level vote) or rescore (the one "
+                     "Whisper's AR decoder finds likeliest; models that ship it); overrides the preset.")]
+VerifyOpt = Annotated[Optional[float], typer.Option(
+    "--verify", help="Whisper's AR decoder checks the text in a few parallel passes: a "
+                                       "token stays if its AR probability is at least this share of the AR's "
+                                       "best token's, else the AR's replaces it; 1.0 = Whisper's greedy "
+                                       "transcript exactly, 0 = off. Overrides the preset.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cuda or cpu.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
 
@@ -89,6 +95,7 @@ def transcribe(
     schedule: Annotated[Optional[str], typer.Option(
         "--schedule", help="Re-mask fractions, one per step, e.g. 1.0,0.9,0.8.")] = None,
     select: SelectOpt = None,
+    verify: VerifyOpt = None,
     formats: Annotated[str, typer.Option("--format", "-f", help="txt, srt, vtt, json, tsv, comma-separated, "
                                                                  "or all.")] = "txt",
     output_dir: Annotated[Optional[Path], typer.Option(
@@ -111,7 +118,7 @@ def transcribe(
     setup_logging(quiet, verbose)
     try:
         fmts = parse_formats(formats)
-        overrides = decoding_overrides(k, steps, schedule, seed, select)
+        overrides = decoding_overrides(k, steps, schedule, seed, select, verify)
         options = resolve_decoding_options(preset, overrides)  # checked now; resolved against the model below
         model = model or default_model()
         if model is None:
@@ -130,8 +137,10 @@ def transcribe(
 
     try:
         asr = load_model(model, device, dtype)
-        if options is not None and isinstance(asr, WhisfusionASR):
-            options = resolve_decoding_options(preset, overrides, asr.cfg)  # the model's own presets
+        if isinstance(asr, WhisfusionASR):
+            if options is not None:
+                options = resolve_decoding_options(preset, overrides, asr.cfg)  # the model's own presets
+            asr.check_options(options or asr.options())
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
     topts = TranscribeOptions(fmts, overwrite or to_stdout, batch_size, not to_stdout, options)
@@ -367,7 +376,8 @@ app.add_typer(eval_app, name="eval")
 
 
 def run_eval(examples: list, skipped: object, model: str | None, preset: str | None, limit: int | None,
-             batch_size: int, device: str, dtype: str, json_out: Path | None, select: str | None = None) -> None:
+             batch_size: int, device: str, dtype: str, json_out: Path | None, select: str | None = None,
+             verify: float | None = None) -> None:
     """Loads the model, evaluates with a progress bar, prints the tables, writes the JSON."""
     import json
 
@@ -379,11 +389,13 @@ def run_eval(examples: list, skipped: object, model: str | None, preset: str | N
     if model is None:
         raise fail("no bundled model in this install; pass --model DIR|REPO", 2)
     try:
-        overrides = decoding_overrides(select=select)
+        overrides = decoding_overrides(select=select, verify=verify)
         options = resolve_decoding_options(preset, overrides)
         asr = load_model(model, device, dtype)
-        if options is not None and asr.engine == "pdd":
-            options = resolve_decoding_options(preset, overrides, asr.cfg)  # type: ignore[attr-defined]
+        if asr.engine == "pdd":
+            if options is not None:
+                options = resolve_decoding_options(preset, overrides, asr.cfg)  # type: ignore[attr-defined]
+            asr.check_options(options or asr.options())  # type: ignore[attr-defined]
         eopts = EvalOptions(batch_size=batch_size, limit=limit, options=options)
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
@@ -433,8 +445,9 @@ def eval_librispeech(
     root: Annotated[Path, typer.Argument(help="A LibriSpeech-layout folder (<subset>/<spk>/<chapter>/*.flac).")],
     subset: Annotated[Optional[str], typer.Option("--subset", help="Comma-separated subsets, e.g. "
                                                                    "test-clean,test-other; default: all found.")] = None,
-    model: ModelOpt = None, preset: PresetOpt = None, select: SelectOpt = None, limit: LimitOpt = None,
-    batch_size: BatchOpt = 16, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", json_out: JsonOpt = None,
+    model: ModelOpt = None, preset: PresetOpt = None, select: SelectOpt = None, verify: VerifyOpt = None,
+    limit: LimitOpt = None, batch_size: BatchOpt = 16, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    json_out: JsonOpt = None,
 ) -> None:
     """Evaluate on LibriSpeech-layout data: WER/CER per subset and per duration bucket."""
     from .data import read_librispeech
@@ -443,14 +456,15 @@ def eval_librispeech(
         examples, skipped = read_librispeech(root, subset.split(",") if subset else None)
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
-    run_eval(examples, skipped, model, preset, limit, batch_size, device, dtype, json_out, select)
+    run_eval(examples, skipped, model, preset, limit, batch_size, device, dtype, json_out, select, verify)
 
 
 @eval_app.command("manifest")
 def eval_manifest(
     manifest: Annotated[Path, typer.Argument(help='A JSONL file of {"audio", "text", "duration"} rows.')],
-    model: ModelOpt = None, preset: PresetOpt = None, select: SelectOpt = None, limit: LimitOpt = None,
-    batch_size: BatchOpt = 16, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto", json_out: JsonOpt = None,
+    model: ModelOpt = None, preset: PresetOpt = None, select: SelectOpt = None, verify: VerifyOpt = None,
+    limit: LimitOpt = None, batch_size: BatchOpt = 16, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
+    json_out: JsonOpt = None,
 ) -> None:
     """Evaluate on any JSONL manifest."""
     from .data import read_manifest
@@ -459,7 +473,7 @@ def eval_manifest(
         examples, skipped = read_manifest(manifest)
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
-    run_eval(examples, skipped, model, preset, limit, batch_size, device, dtype, json_out, select)
+    run_eval(examples, skipped, model, preset, limit, batch_size, device, dtype, json_out, select, verify)
 
 
 def main() -> None:

@@ -178,7 +178,7 @@ class WhisperMDMConfig:
 
 RemaskRule = Literal["low_confidence", "random"]
 RemaskScope = Literal["text", "canvas"]
-SelectRule = Literal["confidence", "consensus", "vote"]
+SelectRule = Literal["confidence", "consensus", "vote", "rescore"]
 
 
 @dataclass(frozen=True)
@@ -204,8 +204,13 @@ class DecodingOptions:
     dedupe: float = 0.5  # adjacent repeated tokens merge when either's confidence is below this (0: off)
     # which candidate wins: "confidence", the highest mean token confidence (the paper's); "consensus",
     # the one whose words differ least from the other candidates' (MBR), ties to confidence; "vote":
-    # the candidates' word-level vote around the consensus one (ROVER; selection.py)
+    # the candidates' word-level vote around the consensus one (ROVER; selection.py); "rescore": the one
+    # Whisper's own AR decoder finds most likely (rescoring.py; models that ship it)
     select: SelectRule = "confidence"
+    # > 0: Whisper's AR decoder verifies the chosen text (rescoring.py): a token stays where its AR
+    # probability is >= verify x the AR decoder's best there, else the AR's token replaces it; 1.0 gives
+    # Whisper's greedy transcript exactly, in a few parallel passes. 0: off
+    verify: float = 0.0
     preset: str | None = field(default=None, compare=False)  # the name it was built from (a label only)
 
     def __post_init__(self) -> None:
@@ -223,8 +228,10 @@ class DecodingOptions:
             raise ConfigError(f"scope must be 'text' or 'canvas', got {self.scope!r}")
         if not 0.0 <= self.dedupe <= 1.0:
             raise ConfigError(f"dedupe must be in [0, 1], got {self.dedupe}")
-        if self.select not in ("confidence", "consensus", "vote"):
-            raise ConfigError(f"select must be 'confidence', 'consensus' or 'vote', got {self.select!r}")
+        if self.select not in ("confidence", "consensus", "vote", "rescore"):
+            raise ConfigError(f"select must be 'confidence', 'consensus', 'vote' or 'rescore', got {self.select!r}")
+        if not 0.0 <= self.verify <= 1.0:
+            raise ConfigError(f"verify must be in [0, 1] (0: off), got {self.verify}")
 
     @property
     def preset_name(self) -> str | None:
@@ -271,9 +278,12 @@ def parse_schedule(text: str) -> tuple[float, ...]:
 
 
 def decoding_overrides(k: int | None = None, steps: int | None = None, schedule: str | None = None,
-                       seed: int | None = None, select: str | None = None) -> dict[str, Any]:
+                       seed: int | None = None, select: str | None = None,
+                       verify: float | None = None) -> dict[str, Any]:
     """DecodingOptions fields the user set explicitly (CLI flags); raises WhisfusionError for a bad schedule."""
     overrides: dict[str, Any] = {} if select is None else {"select": select}
+    if verify is not None:
+        overrides["verify"] = verify
     if k is not None:
         overrides["k"] = k
     if schedule is not None:
@@ -312,6 +322,9 @@ class WhisfusionConfig:
     # this model's own settings for preset names (fields of DecodingOptions), measured on it; a name
     # not listed here is the paper's preset (PRESETS)
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Whisper's AR text decoder shipped beside a whisper-mdm decoder, sharing its frozen embedding
+    # (rescoring.py; weights in rescorer*.safetensors); None: the model has none
+    rescorer: WhisperTextConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -332,6 +345,7 @@ class WhisfusionConfig:
             tokenizer_kind=data.get("tokenizer_kind", "bpe"),
             default_preset=data.get("default_preset", DEFAULT_PRESET),
             presets={name: dict(fields) for name, fields in data.get("presets", {}).items()},
+            rescorer=_from_dict(WhisperTextConfig, data["rescorer"]) if data.get("rescorer") else None,
         )
 
 

@@ -7,6 +7,7 @@ Whisper-initialised decoders) and "bpe" (our byte-level BPE with Llama-style spe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,7 +29,14 @@ class Tokenizer:
     @classmethod
     def from_file(cls, path: str | Path, kind: str) -> Tokenizer:
         try:
-            return cls(HFTokenizer.from_file(str(path)), kind)
+            text = Path(path).read_text(encoding="utf-8")
+            if kind == "whisper":
+                data = json.loads(text)
+                merges = restore_merges(data["model"]["vocab"], data["model"]["merges"])
+                if merges is not data["model"]["merges"]:
+                    data["model"]["merges"] = merges
+                    text = json.dumps(data)
+            return cls(HFTokenizer.from_str(text), kind)
         except Exception as e:  # tokenizers raises plain Exceptions on bad files
             raise CheckpointError(f"{path}: cannot read tokenizer ({e})") from None
 
@@ -66,6 +74,30 @@ class Tokenizer:
         if multilingual:
             names += [f"<|{language}|>", "<|transcribe|>"]
         return [self.token_id(n) for n in names + ["<|notimestamps|>"]]
+
+
+def restore_merges(vocab: dict[str, int], merges: list) -> list:
+    """Whisper's byte-level BPE merges with any missing merge put back in its place.
+
+    In Whisper's BPE, token 256 + r is made by merge r. Some converted tokenizer.json files lack
+    merges: the whisper-base one in faster-whisper's CTranslate2 packages starts at merge 1, so
+    "Ġt" (token 256, merge 0) is never formed and " the", " to", " that" encode as "Ġ" + "the"...
+    (every word starting with t), which is not what Whisper's decoders read or write. A token
+    without its merge gets it back: the split of it into two earlier tokens, by Whisper's ranks.
+    """
+    pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+    made = {a + b for a, b in pairs}
+    by_id = sorted((i, t) for t, i in vocab.items() if i >= 256)
+    missing = [(i, t) for i, t in by_id[: len(pairs) + 1] if t not in made]
+    if not missing or len(missing) > 16:  # intact, or not a byte-level BPE of Whisper's kind
+        return merges
+    for i, token in missing:
+        splits = [(token[:j], token[j:]) for j in range(1, len(token))]
+        splits = [(a, b) for a, b in splits if vocab.get(a, i) < i and vocab.get(b, i) < i]
+        if splits:
+            a, b = min(splits, key=lambda ab: max(vocab[ab[0]], vocab[ab[1]]))
+            merges = merges[: i - 256] + [[a, b] if isinstance(merges[0], list) else f"{a} {b}"] + merges[i - 256:]
+    return merges
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> Tokenizer:

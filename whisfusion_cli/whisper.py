@@ -163,13 +163,17 @@ class DecoderLayer(nn.Module):
         self.fc2 = nn.Linear(n_mlp, n_state)
         self.final_layer_norm = LayerNorm(n_state)
 
-    def forward(self, x: Tensor, cross_kv: KVCache, cache: KVCache, offset: int) -> Tensor:
+    def forward(self, x: Tensor, cross_kv: KVCache, cache: KVCache, offset: int,
+                attn_mask: Tensor | None = None) -> Tensor:
+        """x (B, T, C) at cache positions offset..; attn_mask (B, 1, T, offset + T) True = attend, for
+        rows whose cached keys are not all theirs (default: causal from an empty cache, or one new token)."""
         h = self.self_attn_layer_norm(x)
         k_new, v_new = self.self_attn.project_kv(h)  # (B, H, T, Dh)
         end = offset + x.shape[1]
         cache[0][:, :, offset:end] = k_new
         cache[1][:, :, offset:end] = v_new
-        x = x + self.self_attn.attend(h, cache[0][:, :, :end], cache[1][:, :, :end], is_causal=offset == 0)
+        x = x + self.self_attn.attend(h, cache[0][:, :, :end], cache[1][:, :, :end],
+                                      is_causal=offset == 0 and attn_mask is None, attn_mask=attn_mask)
         x = x + self.encoder_attn.attend(self.encoder_attn_layer_norm(x), *cross_kv)
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
@@ -194,11 +198,17 @@ class WhisperTextDecoder(nn.Module):
         shape = (batch, cfg.n_text_head, length, cfg.n_text_state // cfg.n_text_head)
         return [(w.new_zeros(shape), w.new_zeros(shape)) for _ in self.layers]
 
-    def forward(self, tokens: Tensor, cross_kv: list[KVCache], cache: list[KVCache], offset: int) -> Tensor:
-        """(B, T) token ids at positions offset.. -> (B, T, n_vocab) logits."""
-        x = self.embed_tokens(tokens) + self.embed_positions.weight[offset: offset + tokens.shape[1]]
+    def forward(self, tokens: Tensor, cross_kv: list[KVCache], cache: list[KVCache], offset: int,
+                positions: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        """(B, T) token ids written to the cache at offset.. -> (B, T, n_vocab) logits.
+
+        positions (B, T): the tokens' text positions when they differ from offset.. (rows whose cached
+        prefixes are left-padded to one length); attn_mask: see DecoderLayer.forward."""
+        pos = self.embed_positions.weight[offset: offset + tokens.shape[1]] if positions is None \
+            else self.embed_positions.weight[positions]
+        x = self.embed_tokens(tokens) + pos
         for layer, ckv, kv in zip(self.layers, cross_kv, cache):
-            x = layer(x, ckv, kv, offset)
+            x = layer(x, ckv, kv, offset, attn_mask)
         return tied_head(self, self.layer_norm(x), self.embed_tokens.weight, self.config.n_vocab)
 
 

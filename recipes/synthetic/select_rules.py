@@ -1,17 +1,20 @@
-"""Scores the ways PDD's k candidates become one text (selection.py) on the same candidates.
+"""Scores the ways PDD's k candidates become one text (selection.py, rescoring.py) on the same candidates.
 
     python recipes/synthetic/select_rules.py --data DIR --preset accurate --candidates cands.json \
         --out recipes/synthetic/results/cpu_select_rules.json
 DIR is a make_dataset.py output holding the val and test_voices splits (rendered here with the
-device run's seed: the same clips). Each clip is decoded once with the preset (seed 0) and every
-candidate's text and mean confidence kept in --candidates (reused if it exists); each rule then
-picks or builds the transcript from those. Choose a rule on val; test_voices only checks it.
+device run's seed). Each clip is decoded once with the preset (seed 0); every candidate's text and
+mean confidence, and what each AR-decoder rule (VARIANTS: rescoring, verification) makes of those
+same candidates, with its AR passes, are kept in --candidates (reused if it exists); each rule then
+picks or builds the transcript. Choose a rule on val; test_voices only checks it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 from whisfusion_cli.asr import load_model
@@ -25,45 +28,58 @@ RULES = {
     "consensus": lambda texts, scores: texts[consensus(texts, scores)],
     "vote": vote,
 }
+VARIANTS = {  # name -> DecodingOptions fields, applied to the same candidates (models with a rescorer)
+    "rescore": {"select": "rescore"},
+    "rescore+verify1": {"select": "rescore", "verify": 1.0},
+    "rescore+verify0.5": {"select": "rescore", "verify": 0.5},
+}
 
 
 def decode(data: Path, model: str, preset: str) -> dict[str, list[dict]]:
-    """{split: [{ref, voice, texts, scores}]} for every clip of the splits."""
+    """{split: [{ref, voice, texts, scores, variants: {name: {text, passes}}}]} for every clip of the splits."""
     asr = load_model(model)
-    kept: list[tuple[list[str], list[float]]] = []
-    result = asr._result
+    kept: list[dict] = []
+    results = asr._results
 
-    def spy(cands, conf, best, scores, options):  # every candidate's text, as decode_windows builds it
-        r = result(cands, conf, best, scores, options)
-        kept.append((list(r.candidates), list(scores)))
-        return r
+    def spy(texts, best, scores, xa, options):  # every candidate's text, as decode_windows builds it
+        out = {"texts": list(texts[0]), "scores": list(scores[0]), "variants": {}}
+        for name, fields in (VARIANTS.items() if asr.rescorer is not None else ()):
+            r = results(texts, best, scores, xa, replace(options, **fields))[0]
+            out["variants"][name] = {"text": r.text, "passes": r.ar_passes}
+        kept.append(out)
+        return results(texts, best, scores, xa, options)
 
-    asr._result = spy  # type: ignore[method-assign]
+    asr._results = spy  # type: ignore[method-assign]
     out: dict[str, list[dict]] = {}
     for split in SPLITS:
         out[split] = []
         for line in (data / f"{split}.jsonl").read_text().splitlines():
             row = json.loads(line)
             asr.decode_windows([load_audio(data / row["audio"])], asr.options(preset, seed=0))
-            texts, scores = kept.pop()
-            out[split].append({"ref": row["text"], "voice": row["voice"], "texts": texts, "scores": scores})
+            out[split].append({"ref": row["text"], "voice": row["voice"], **kept.pop()})
+            print(f"{split} {len(out[split])}", end="\r", file=sys.stderr, flush=True)
     return out
 
 
 def score(clips: list[dict]) -> dict:
-    """WER per rule (and the oracle), overall and per voice."""
+    """WER per rule (and the oracle), overall and per voice; mean AR passes per verifying variant."""
     errors: dict[str, dict[str, int]] = {}
+    passes: dict[str, int] = {}
     for clip in clips:
         ref = normalize(clip["ref"])
         hyps = {name: rule(clip["texts"], clip["scores"]) for name, rule in RULES.items()}
         hyps["oracle"] = min(clip["texts"], key=lambda t: word_errors(ref, normalize(t))[0])
+        hyps |= {name: v["text"] for name, v in clip.get("variants", {}).items()}
+        for name, v in clip.get("variants", {}).items():
+            passes[name] = passes.get(name, 0) + v["passes"]
         for group in ("all", clip["voice"]):
             e = errors.setdefault(group, {"words": 0})
             e["words"] += len(ref.split())
             for name, hyp in hyps.items():
                 e[name] = e.get(name, 0) + word_errors(ref, normalize(hyp))[0]
-    return {group: {k: round(v / e["words"], 4) for k, v in e.items() if k != "words"} | {"words": e["words"]}
-            for group, e in errors.items()}
+    out = {group: {k: round(v / e["words"], 4) for k, v in e.items() if k != "words"} | {"words": e["words"]}
+           for group, e in errors.items()}
+    return out | {"ar_passes_per_clip": {k: round(v / len(clips), 2) for k, v in passes.items() if v}}
 
 
 def main() -> None:
@@ -73,7 +89,10 @@ def main() -> None:
     ap.add_argument("--preset", default="accurate")
     ap.add_argument("--candidates", type=Path, required=True, help="candidate cache (JSON), made if missing")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="the AR-decoder rules to score (VARIANTS)")
     args = ap.parse_args()
+    for name in set(VARIANTS) - set(args.variants.split(",")):
+        del VARIANTS[name]
     if not args.candidates.exists():
         args.candidates.write_text(json.dumps(decode(args.data, args.model, args.preset)))
     cands = json.loads(args.candidates.read_text())

@@ -1,0 +1,165 @@
+"""rescoring.py: Whisper's AR decoder reading PDD's candidates (teacher-forced scores, verified drafts)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from whisfusion_cli import rescoring
+from whisfusion_cli.config import WhisperTextConfig
+from whisfusion_cli.rescoring import Rescorer, Row
+from whisfusion_cli.whisper import WhisperTextDecoder
+
+EOT, PROMPT, N_NEW = 50, [60, 61], 10
+
+
+@pytest.fixture()
+def ar(one_thread, monkeypatch):
+    """(a random AR decoder, its Rescorer sharing the embedding, audio states (2, 30, 32))."""
+    monkeypatch.setattr(rescoring, "MAX_NEW_TOKENS", N_NEW)
+    torch.manual_seed(0)
+    dec = WhisperTextDecoder(WhisperTextConfig(64, 32, 32, 4, 2, 64)).eval()
+    with torch.no_grad():  # varied greedy texts (a random tied head repeats its input token) that hear the audio
+        dec.embed_tokens.weight.normal_(0, 1)
+        dec.embed_positions.weight.normal_(0, 4)
+        for layer in dec.layers:
+            layer.encoder_attn.out_proj.weight.mul_(20)
+    rescorer = Rescorer(copy.deepcopy(dec), dec.embed_tokens, PROMPT, EOT).eval()
+    return dec, rescorer, torch.randn(2, 30, 32)
+
+
+def greedy(dec: WhisperTextDecoder, xa: torch.Tensor) -> list[list[int]]:
+    """Whisper greedy decoding (whisper.WhisperModel.greedy's loop) of each window."""
+    from whisfusion_cli.whisper import WhisperModel
+
+    return WhisperModel.greedy(type("M", (), {"decoder": dec})(), xa, PROMPT, EOT, EOT, N_NEW)[0]
+
+
+def test_read_matches_a_direct_forward_whatever_the_padding_and_chunking(ar, monkeypatch):
+    dec, rescorer, xa = ar
+    seqs = [[5, 9, 13, 7], [3], [8, 8, 2]]
+    windows = [0, 1, 1]
+    kv = rescorer.cross_kv(xa)
+    rows = [Row(w, s) for s, w in zip(seqs, windows)]
+    whole = rescorer.read(kv, rows)
+    monkeypatch.setattr(rescoring, "LOGITS_BUDGET", 1)  # one row per chunk
+    for a, b in zip(rescorer.read(kv, rows), whole):
+        assert a.best == b.best and a.token_logprob == pytest.approx(b.token_logprob, abs=1e-4)
+    for seq, w, r in zip(seqs, windows, whole):
+        tokens = torch.tensor([PROMPT + seq + [EOT]])
+        with torch.no_grad():
+            logits = dec(tokens[:, :-1], dec.cross_kv(xa[w: w + 1]), dec.new_cache(1, tokens.shape[1]), 0).float()
+        logits[..., EOT + 1:] = -torch.inf
+        logits[:, len(PROMPT) - 1, EOT] = -torch.inf
+        lp = logits.log_softmax(-1)[0, len(PROMPT) - 1:]  # predicts seq + [EOT]
+        want = lp.gather(-1, tokens[0, len(PROMPT):, None])[:, 0]
+        assert r.token_logprob == pytest.approx(want.tolist(), abs=1e-5)
+        assert r.best == lp.argmax(-1).tolist()
+        assert r.total == pytest.approx(float(want.sum()), abs=1e-4)
+
+
+def test_verify_at_ratio_one_is_whisper_greedy_from_any_draft(ar):
+    dec, rescorer, xa = ar
+    want = greedy(dec, xa)
+    kv = rescorer.cross_kv(xa)
+    g = torch.Generator().manual_seed(1)
+    for drafts in (want, [[], []], [torch.randint(0, EOT, (n,), generator=g).tolist() for n in (3, 12)]):
+        assert rescorer.verify(kv, drafts, 1.0)[0] == want
+
+
+def test_verify_needs_one_pass_per_disagreement(ar):
+    dec, rescorer, xa = ar
+    want = greedy(dec, xa)
+    kv = rescorer.cross_kv(xa)
+    assert all(len(w) >= 4 for w in want)
+    assert rescorer.verify(kv, want, 1.0) == (want, 1)  # the AR decoder agrees: one pass
+    other = [(t + 1) % EOT for t in (want[0][2], want[1][1])]
+    substituted = [want[0][:2] + [other[0]] + want[0][3:], want[1][:1] + [other[1]] + want[1][2:]]
+    dropped = [want[0][:2] + want[0][3:], want[1][1:]]
+    inserted = [want[0][:2] + [other[0]] + want[0][2:], want[1][:1] + [other[1]] + want[1][1:]]
+    for drafts in (substituted, dropped, inserted):  # one wrong token each: found, fixed, realigned
+        assert rescorer.verify(kv, drafts, 1.0) == (want, 2)
+
+
+def test_a_lenient_ratio_keeps_the_drafts_likely_tokens(ar):
+    dec, rescorer, xa = ar
+    want = greedy(dec, xa)
+    kv = rescorer.cross_kv(xa)
+    reading = rescorer.read(kv, [Row(0, want[0])])
+    # at a position where greedy's token is the argmax, the runner-up is what a lenient ratio may keep
+    pos = 1
+    seq = list(want[0])
+    tokens = torch.tensor([PROMPT + seq[:pos]])
+    with torch.no_grad():
+        logits = dec(tokens, dec.cross_kv(xa[:1]), dec.new_cache(1, tokens.shape[1]), 0)[0, -1].float()
+    logits[EOT + 1:] = -torch.inf
+    lp = logits.log_softmax(-1)
+    second = int(lp.topk(2).indices[1])
+    share = float((lp[second] - lp.max()).exp())
+    draft = seq[:pos] + [second] + seq[pos + 1:]
+    assert rescorer.verify(kv, [draft, want[1]], 1.0)[0][0] == want[0]  # strict: the AR's own token
+    kept = rescorer.verify(kv, [draft, want[1]], share * 0.99)[0][0]
+    assert kept[: pos + 1] == draft[: pos + 1]  # lenient: the draft's runner-up stays
+    assert reading[0].best[pos] == want[0][pos]
+
+
+def test_scores_rank_every_windows_candidates(ar):
+    dec, rescorer, xa = ar
+    want = greedy(dec, xa)
+    kv = rescorer.cross_kv(xa)
+    garbage = [[(t * 7 + 3) % EOT for t in w] for w in want]
+    scores = rescorer.scores(kv, [[garbage[0], want[0]], [want[1]]])
+    assert [len(s) for s in scores] == [2, 1]
+    assert scores[0][1] > scores[0][0]  # greedy's text is far likelier than a scramble of it
+    assert scores[1][0] == pytest.approx(rescorer.read(kv, [Row(1, want[1])])[0].total)
+
+
+@pytest.mark.slow
+@pytest.mark.real_weights
+def test_verified_whisfusion_writes_whispers_greedy_transcript(weights_dir, real_clips, tmp_path):
+    """An untrained whisper-mdm drafts, tiny.en's own AR decoder verifies: AR tiny.en's text exactly."""
+    from whisfusion_cli.asr import load_model
+    from whisfusion_cli.audio import load_audio
+    from whisfusion_cli.checkpoint import add_rescorer, init_from_whisper, save_whisfusion
+
+    whisper = weights_dir / "whisper-tiny.en"
+    model, cfg, tok = init_from_whisper(whisper)
+    save_whisfusion(model, cfg, tok, tmp_path / "m")
+    files = add_rescorer(tmp_path / "m", whisper)
+    assert files and all(f.stat().st_size <= 15_000_000 for f in files)
+    pdd, ar_asr = load_model(tmp_path / "m", "cpu"), load_model(whisper, "cpu")
+    assert pdd.rescorer is not None
+    audio = [load_audio(p) for p, _ in sorted(real_clips, key=lambda c: len(c[1]))[:2]]  # the two shortest
+    want = [r.text for r in ar_asr.decode_windows(audio)]
+    got = pdd.decode_windows(audio, pdd.options("fast", select="rescore", verify=1.0))
+    assert [r.text for r in got] == want
+    assert got[0].ar_passes >= 1  # an untrained draft is mostly wrong: about one pass per token here
+
+
+def test_rescore_and_verify_need_a_rescorer(tiny_model):
+    import numpy as np
+
+    from whisfusion_cli.errors import ConfigError
+
+    for fields in ({"select": "rescore"}, {"verify": 0.5}):
+        with pytest.raises(ConfigError, match="no rescorer"):
+            tiny_model.decode_windows([np.zeros(8000, np.float32)], tiny_model.options("fast", **fields))
+
+
+def test_a_read_after_a_cached_prefix_equals_a_read_of_the_whole(ar):
+    """Rows that start after a kept prefix (keys/values of different lengths, left-padded) read as the
+    whole sequences do: the verifier's passes read only the unverified rest."""
+    _, rescorer, xa = ar
+    kv = rescorer.cross_kv(xa)
+    seqs = [[5, 9, 13, 7, 2, 4], [3, 8, 8, 1], [11, 12]]
+    whole = rescorer.read(kv, [Row(w, s) for w, s in zip((0, 1, 1), seqs)], keep_kv=True)
+    rows = []
+    for (w, s, start), r in zip(((0, seqs[0], 3), (1, seqs[1], 1), (1, seqs[2], 2)), whole):
+        n_past = len(PROMPT) + start - 1  # the prompt and the tokens before the last one read
+        rows.append(Row(w, s, start, [(k[:, :n_past], v[:, :n_past]) for k, v in r.kv]))
+    for r, full, (_, s, start) in zip(rescorer.read(kv, rows), whole, ((0, seqs[0], 3), (1, seqs[1], 1),
+                                                                      (1, seqs[2], 2))):
+        assert r.best == full.best[start:]
+        assert r.token_logprob == pytest.approx(full.token_logprob[start:], abs=1e-4)

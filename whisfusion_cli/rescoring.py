@@ -1,0 +1,204 @@
+"""Whisper's own autoregressive decoder reading PDD's candidates: rescoring and verified drafts.
+
+A whisper-mdm model keeps Whisper's token embedding frozen (`stream_train.py`), so Whisper's
+autoregressive text decoder can sit beside it for the price of its blocks (whisper-base: 25 M
+parameters, 48 MB in fp16), the embedding shared. It was trained on 680 k hours of real speech;
+PDD's decoder has heard only synthetic voices. It reads text in parallel (teacher forcing: one
+causal pass scores every position of a given transcript), so it serves PDD in two ways:
+
+- **Rescoring** (`DecodingOptions.select = "rescore"`): one pass over every window's distinct
+  candidates gives log p_AR(candidate + end-of-text | audio); the most likely candidate wins.
+- **Verification** (`DecodingOptions.verify = r`): speculative decoding with PDD as the drafter
+  (Leviathan et al., 2023; Chen et al., 2023). One pass reads the draft; the first token whose
+  probability is below r times that of the AR decoder's own choice there is replaced by that
+  choice, and the draft's rest, realigned three ways (the draft had substituted, dropped or inserted
+  a token there), is read again in the next pass, all in one batch. When every token passes, the
+  text is final. With r = 1 the result is Whisper's greedy transcript exactly (its argmax at every
+  position), in (disagreements + 1) passes instead of one per token; r < 1 keeps the draft's
+  token wherever the AR decoder finds it nearly as likely as its own.
+
+Each window's keys and values of the accepted prefix are kept across passes, so a pass reads only
+the draft's unverified rest (rows left-padded to one cached length, one batch for all windows).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .whisper import KVCache, WhisperTextDecoder
+
+MAX_NEW_TOKENS = 224  # Whisper's sample_len: a verified text is never longer
+LOGITS_BUDGET = 1 << 28  # bytes of fp32 logits one chunk of rows may hold (256 MB)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one teacher-forced pass says about one sequence, per target position read (its tokens from
+    the row's start on, then end-of-text), and the keys/values of the inputs it read."""
+
+    token_logprob: list[float]  # log p of the sequence's own token
+    best: list[int]  # the AR decoder's own choice
+    best_logprob: list[float]  # its log p
+    kv: list[KVCache] | None = None  # per block, (H, T_new, Dh) each: the row's new inputs
+
+    @property
+    def total(self) -> float:
+        return sum(self.token_logprob)
+
+
+@dataclass
+class Row:
+    """One sequence to read: `seq` (ids, no prompt or end-of-text) of window `window`, whose inputs the
+    decoder has read up to `start` tokens of it already (`past`: their keys/values per block, (H, C, Dh)
+    each, with the prompt; None: nothing read, the prompt is read too)."""
+
+    window: int
+    seq: list[int]
+    start: int = 0
+    past: list[KVCache] | None = None
+
+
+class Rescorer(nn.Module):
+    """Whisper's AR text decoder over a shared, frozen token embedding.
+
+    Args:
+        decoder: the AR decoder; its own `embed_tokens` is replaced by `embedding`.
+        embedding: the diffusion decoder's embedding (rows past the AR vocabulary, [MASK], unused).
+        prompt: <|startoftranscript|><|en|><|transcribe|><|notimestamps|>.
+        eot: end-of-text; ids from it upwards (specials, timestamps) are never chosen, except eot.
+    """
+
+    def __init__(self, decoder: WhisperTextDecoder, embedding: nn.Embedding, prompt: list[int], eot: int):
+        super().__init__()
+        del decoder._modules["embed_tokens"]
+        object.__setattr__(decoder, "embed_tokens", embedding)  # shared, not a parameter of this module
+        self.decoder, self.prompt, self.eot = decoder, list(prompt), eot
+
+    def cross_kv(self, xa: Tensor) -> list[KVCache]:
+        """Per block, keys and values of B windows' encoder states (B, 1500, C): once per batch."""
+        return self.decoder.cross_kv(xa)
+
+    @torch.inference_mode()
+    def read(self, cross_kv: list[KVCache], rows: list[Row], keep_kv: bool = False) -> list[Reading]:
+        """One teacher-forced pass over the rows, batched in chunks that keep the logits within LOGITS_BUDGET."""
+        longest = len(self.prompt) + max(len(r.seq) - r.start for r in rows) + 1
+        step = max(1, LOGITS_BUDGET // (longest * self.decoder.config.n_vocab * 4))
+        return [x for i in range(0, len(rows), step) for x in self._read_rows(cross_kv, rows[i: i + step], keep_kv)]
+
+    def _read_rows(self, cross_kv: list[KVCache], rows: list[Row], keep_kv: bool) -> list[Reading]:
+        """Each row's new inputs (the prompt if nothing is read yet, its last read token, then seq[start:])
+        after its past, left-padded to one length C: one causal pass predicts seq[start:] + end-of-text."""
+        p, eot, dev = len(self.prompt), self.eot, cross_kv[0][0].device
+        inputs = [(self.prompt if r.past is None else [r.seq[r.start - 1] if r.start else self.prompt[-1]])
+                  + r.seq[r.start:] for r in rows]
+        lead = [p - 1 if r.past is None else 0 for r in rows]  # inputs before the first predicting one
+        cached = [0 if r.past is None else r.past[0][0].shape[1] for r in rows]
+        n, width, c = len(rows), max(map(len, inputs)), max(cached)
+        tokens = torch.tensor([x + [eot] * (width - len(x)) for x in inputs], device=dev)  # (n, T)
+        positions = torch.tensor(cached, device=dev)[:, None] + torch.arange(width, device=dev)  # (n, T)
+        keys = torch.arange(c + width, device=dev)
+        visible = (keys >= c - torch.tensor(cached, device=dev)[:, None])[:, None, :] & \
+            (keys <= c + torch.arange(width, device=dev)[:, None])  # (n, T, C + T): own past, causal
+        cache = self.decoder.new_cache(n, c + width)
+        for i, r in enumerate(rows):
+            for (k, v), (pk, pv) in zip(cache, r.past or []):  # left-padded past
+                k[i, :, c - cached[i]: c], v[i, :, c - cached[i]: c] = pk, pv
+        pick = torch.tensor([r.window for r in rows], device=dev)
+        ckv = [(k[pick], v[pick]) for k, v in cross_kv]
+        logits = self.decoder(tokens, ckv, cache, c, positions.clamp(max=self.decoder.config.n_text_ctx - 1),
+                              visible[:, None]).float()  # (n, T, V)
+        logits[..., eot + 1:] = -math.inf  # specials and timestamps are never text
+        first = torch.tensor([lead[i] - rows[i].start for i in range(n)], device=dev)  # predicts seq[0], if read
+        logits[(first >= 0).nonzero()[:, 0], first.clamp(min=0)[first >= 0], eot] = -math.inf  # no empty text
+        logprobs = logits.log_softmax(-1)
+        target = torch.cat([tokens[:, 1:], tokens.new_full((n, 1), eot)], 1)  # (n, T): the next input
+        token_lp = logprobs.gather(-1, target[..., None])[..., 0].tolist()
+        best_lp, best = (t.tolist() for t in logprobs.max(-1))
+        out = []
+        for i, r in enumerate(rows):
+            span = slice(lead[i], lead[i] + len(r.seq) - r.start + 1)
+            kv = [(k[i, :, c: c + len(inputs[i])], v[i, :, c: c + len(inputs[i])]) for k, v in cache] \
+                if keep_kv else None
+            out.append(Reading(token_lp[i][span], best[i][span], best_lp[i][span], kv))
+        return out
+
+    def scores(self, cross_kv: list[KVCache], candidates: list[list[list[int]]]) -> list[list[float]]:
+        """log p_AR(candidate + end-of-text) of every window's candidates (id lists), in one pass."""
+        rows = [Row(w, c) for w, cands in enumerate(candidates) for c in cands]
+        readings = self.read(cross_kv, rows) if rows else []
+        out: list[list[float]] = [[] for _ in candidates]
+        for r, reading in zip(rows, readings):
+            out[r.window].append(reading.total)
+        return out
+
+    def verify(self, cross_kv: list[KVCache], drafts: list[list[int]], ratio: float = 1.0) -> tuple[list[list[int]], int]:
+        """The drafts (one id list per window) as the AR decoder accepts them, and the passes made.
+
+        A draft token is kept where p_AR(token) >= ratio * p_AR(AR's choice); see the module doc. Each
+        pass reads only what follows the accepted prefix: its keys and values are kept per window.
+        """
+        log_ratio = math.log(ratio) if ratio > 0 else -math.inf
+        states = [_Draft([], [d[:MAX_NEW_TOKENS]]) for d in drafts]
+        passes = 0
+        while any(s.result is None for s in states):
+            rows = [Row(w, s.accepted + h, len(s.accepted), s.past)
+                    for w, s in enumerate(states) if s.result is None for h in s.hypotheses]
+            readings = self.read(cross_kv, rows, keep_kv=True)
+            passes += 1
+            by_window: dict[int, list[tuple[Row, Reading]]] = {}
+            for row, reading in zip(rows, readings):
+                by_window.setdefault(row.window, []).append((row, reading))
+            for w, tries in by_window.items():
+                states[w].advance(tries, log_ratio, self.eot, len(self.prompt))
+        return [s.result or [] for s in states], passes
+
+
+@dataclass
+class _Draft:
+    """One window's verification: the accepted prefix, the keys/values of what it has read, and the
+    hypotheses for the rest of the draft."""
+
+    accepted: list[int]
+    hypotheses: list[list[int]]
+    past: list[KVCache] | None = None
+    result: list[int] | None = None
+
+    def advance(self, tries: list[tuple[Row, Reading]], log_ratio: float, eot: int, n_prompt: int) -> None:
+        """Keeps the hypothesis the AR decoder accepts furthest; corrects its first rejected token."""
+        start = len(self.accepted)
+        runs = [(_accepted_run(reading, log_ratio), row, reading) for row, reading in tries]
+        run, row, reading = max(runs, key=lambda x: x[0])  # the first of equals: the plainest guess
+        seq = row.seq + [eot]
+        j = start + run
+        if j == len(seq):  # every token passed, end-of-text included
+            self.result = seq[:-1]
+            return
+        choice = reading.best[run]
+        if choice == eot or j >= MAX_NEW_TOKENS:
+            self.result = seq[:min(j, MAX_NEW_TOKENS)]
+            return
+        self.accepted = seq[:j] + [choice]
+        if j + 1 == MAX_NEW_TOKENS:
+            self.result = self.accepted
+            return
+        read = (n_prompt - 1 if self.past is None else 0) + run + 1  # new inputs now behind the prefix
+        new = [(k[:, :read].clone(), v[:, :read].clone()) for k, v in reading.kv or []]  # not the pass's cache
+        self.past = new if self.past is None else [(torch.cat([pk, k], 1), torch.cat([pv, v], 1))
+                                                   for (pk, pv), (k, v) in zip(self.past, new)]
+        left = seq[j:-1]  # the draft from the rejected token on
+        guesses = [left[1:], left, left[2:] if len(left) > 1 and left[1] == choice else None]
+        self.hypotheses = [g for i, g in enumerate(guesses) if g is not None and g not in guesses[:i]]
+
+
+def _accepted_run(reading: Reading, log_ratio: float) -> int:
+    """How many read positions pass, from the first: token log p >= best log p + log ratio."""
+    n = 0
+    for lp, best in zip(reading.token_logprob, reading.best_logprob):
+        if lp < best + log_ratio:
+            break
+        n += 1
+    return n
