@@ -16,6 +16,7 @@ from whisfusion_cli.bench import (
     synthetic_speech,
 )
 from whisfusion_cli.decoding import head_sizes
+from whisfusion_cli.fastpath import graph_shapes
 from whisfusion_cli.segment import split_windows
 
 LATENCY_KEYS = {"engine", "duration_s", "total_ms", "encoder_ms", "decoder_ms", "overhead_ms",
@@ -82,8 +83,11 @@ def test_cuda_graphs_match_eager():
     assert pdd_asr.decode_windows(clips, opts) == eager  # replay of the captured graphs
     assert len(pdd_asr.graphs.graphs) == 1
     captured = next(iter(pdd_asr.graphs.graphs.values()))
-    length = captured.canvas.shape[1]
-    assert set(captured.heads) == {length, *head_sizes(opts.schedule, length)}  # one graph per head size
+    n_rows, length = captured.canvas.shape
+    assert n_rows == 2 * opts.k
+    assert set(captured.heads) == set(graph_shapes(2, n_rows, length, head_sizes(opts.schedule, length)))
+    assert (2, length) in captured.heads and (n_rows, length) not in captured.heads  # first pass: a row per window
+    assert captured.heads[2, length].logits.shape[:2] == (2, length)
     from whisfusion_cli import fastpath
 
     fastpath.MAX_GRAPH_TOKENS, limit = 1, fastpath.MAX_GRAPH_TOKENS  # every canvas "large": eager, uncaptured
@@ -92,6 +96,80 @@ def test_cuda_graphs_match_eager():
         assert len(pdd_asr.graphs.graphs) == 1
     finally:
         fastpath.MAX_GRAPH_TOKENS = limit
+
+
+def test_graph_shapes_first_pass_one_row_per_window():
+    assert graph_shapes(2, 30, 64, head_sizes((1.0, 0.9, 0.85, 0.8), 64)) == ((2, 64), (30, 52), (30, 55), (30, 58))
+    assert graph_shapes(2, 30, 16, (16, 16, 8)) == ((2, 16), (30, 8), (30, 16))  # a later full pass: all rows
+    assert graph_shapes(3, 3, 16, (16, 16)) == ((3, 16),)  # k = 1: the first pass's graph serves both
+    assert graph_shapes(2, 10, 32, ()) == ((2, 32),)
+
+
+def test_captured_decoder_dispatches_on_rows_and_positions():
+    """The DecoderFn of a captured shape (run on CPU with stand-in graphs): (windows, L) canvases replay the
+    first-pass graph, (windows x k, P) ones their head's; the static canvas and positions receive the inputs."""
+    from whisfusion_cli.fastpath import _Captured, _Head
+
+    class Graph:  # a stand-in for torch.cuda.CUDAGraph
+        def __init__(self, name: str, log: list[str]):
+            self.name, self.log = name, log
+
+        def replay(self) -> None:
+            self.log.append(self.name)
+
+    log: list[str] = []
+    eager: list[tuple[int, int | None]] = []
+    first, later = torch.zeros(2, 8, 5), torch.ones(6, 3, 5)
+    heads = {(2, 8): _Head(None, Graph("first", log), first),
+             (6, 3): _Head(torch.zeros(6, 3, dtype=torch.long), Graph("later", log), later)}
+
+    def forward(canvas, kv, positions=None):
+        eager.append((canvas.shape[0], None if positions is None else positions.shape[1]))
+        return torch.full((canvas.shape[0], 8 if positions is None else positions.shape[1], 5), 2.0)
+
+    captured = _Captured(torch.zeros(2, 4, 3), torch.zeros(2), torch.zeros(6, 8, dtype=torch.long), Graph("kv", log),
+                         [], heads, forward)
+    assert captured.run(torch.full((2, 8), 7)) is first and log == ["first"]
+    assert (captured.canvas[:2] == 7).all()  # the rows the first-pass graph reads
+    positions = torch.arange(3).expand(6, 3) + 1
+    assert captured.run(torch.full((6, 8), 9), positions=positions) is later and log == ["first", "later"]
+    assert (captured.canvas == 9).all() and torch.equal(heads[6, 3].positions, positions)
+    assert captured.run(torch.full((6, 8), 9)).shape == (6, 8, 5) and eager == [(6, None)]  # not captured: eager
+    assert captured.nbytes == (first.numel() + later.numel()) * 4
+
+
+@pytest.mark.requires_cuda
+def test_graphed_first_pass_and_later_heads_match_the_plain_decoder():
+    """One decoder graph per (rows, P): (windows, L) for the first pass beside the (windows x k, P_t) ones,
+    sharing one memory pool; each replay equals the eager forward, also after the others' replays."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from whisfusion_cli.decoding import masked_first
+    from whisfusion_cli.fastpath import GraphedDecoder
+
+    pdd_asr, _ = random_models("test-tiny", "test-tiny", torch.device("cuda"), torch.float32)
+    dec, mask_id, k, length = pdd_asr.net.decoder, pdd_asr.cfg.decoder.mask_id, 3, 32
+    torch.manual_seed(0)
+    for block in dec.blocks:  # a trained-looking adapter, so each window's audio matters
+        torch.nn.init.normal_(block.cross_attn.out.weight, std=0.02)
+    graphed = GraphedDecoder(dec)
+    with torch.inference_mode():
+        xa = pdd_asr.encode([synthetic_speech(s, seed=s) for s in (3, 5)])[:, :400]  # (2, S, C)
+        n_frames = torch.tensor([300, 400], device="cuda")
+        kv = dec.cross_kv(xa, n_frames)
+        first = torch.full((2, length), mask_id, device="cuda")
+        canvas = torch.randint(0, 250, (2 * k, length), device="cuda")
+        canvas[:, ::2] = mask_id
+        positions = masked_first(canvas == mask_id)[:, :16]  # (2k, 16)
+        for _ in range(2):  # capture, then replay
+            fn = graphed.prepare(xa, n_frames, 2 * k, length, head_sizes((1.0, 0.5), length))
+            got = fn(first).clone()  # (2, L, V)
+            assert torch.allclose(got, dec(first, kv), atol=1e-4)
+            assert not torch.allclose(got[0], got[1], atol=1e-3)  # each row reads its own window
+            assert torch.allclose(fn(canvas, positions=positions), dec(canvas, kv, positions=positions), atol=1e-4)
+            assert torch.allclose(fn(first), got, atol=1e-6)  # the first-pass graph after another graph's replay
+        assert len(graphed.graphs) == 1
+        assert set(next(iter(graphed.graphs.values())).heads) == {(2, length), (2 * k, 16)}
 
 
 def test_bench_command_writes_the_record(tmp_path):

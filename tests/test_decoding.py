@@ -56,7 +56,7 @@ def test_step_count_and_remask_fractions(rule):
     opts = DecodingOptions(k=4, steps=3, schedule=(1.0, 0.9, 0.5), remask=rule, scope="canvas")
     out = pdd(dec, n_windows=3, canvas_len=20, mask_id=MASK, eos_id=EOS, options=opts, device=CPU)
     assert out.n_forward == 3 and len(dec.calls) == 3
-    assert [c.shape for c in dec.calls] == [(12, 20)] * 3  # windows x candidates in one batch
+    assert [c.shape for c in dec.calls] == [(3, 20), (12, 20), (12, 20)]  # first pass: one row per window
     masked_per_row = [(c == MASK).sum(1) for c in dec.calls]
     assert (masked_per_row[0] == 20).all() and (masked_per_row[1] == 18).all() and (masked_per_row[2] == 10).all()
     assert not (out.candidates == MASK).any()
@@ -98,9 +98,9 @@ def test_dedupe_merges_only_unsure_adjacent_repeats():
 
 
 def test_candidates_are_window_major_batches():
-    def per_window(canvas):  # every candidate of window w predicts token 3 + w everywhere
+    def per_window(canvas):  # every row of window w (n // 2 rows each) predicts token 3 + w everywhere
         n, length = canvas.shape
-        w = torch.arange(n) // 5
+        w = torch.arange(n) // (n // 2)
         return torch.nn.functional.one_hot(3 + w, V).float()[:, None, :].expand(n, length, V) * 40
 
     out = pdd(Recorder(per_window), 2, 8, MASK, EOS, DecodingOptions(k=5, steps=2, schedule=(1.0, 0.5)), CPU)
@@ -112,11 +112,14 @@ def test_selects_the_most_confident_candidate():
     k = 4
     scales = torch.tensor([1.0, 4.0, 2.0, 3.0])  # candidate 1 is the most confident
 
-    def graded(canvas):
+    def graded(canvas):  # the first pass (one row per window) flat; then candidate c's logits scaled by scales[c]
         n, length = canvas.shape
+        if n == 2:
+            return torch.zeros(n, length, V)
         return peaked(canvas, 1.0) * scales.repeat(n // k)[:, None, None]
 
-    out = pdd(graded, 2, 10, MASK, EOS, DecodingOptions(k=k, steps=1, schedule=(1.0,), temperature=1e-6), CPU)
+    opts = DecodingOptions(k=k, steps=2, schedule=(1.0, 1.0), scope="canvas")  # step 2 re-predicts everything
+    out = pdd(graded, 2, 10, MASK, EOS, opts, CPU)
     assert out.candidate_confidence.argmax(-1).tolist() == [1, 1]
     assert torch.equal(out.tokens, out.candidates[:, 1])
     expected = torch.softmax(torch.tensor([4.0] + [0.0] * (V - 1)), 0)[0]
@@ -289,6 +292,55 @@ def test_pdd_on_distinct_rows_is_the_same_pdd(family, tiny_model):
     assert rows[0] == 2 and all(r <= 8 for r in rows)  # the all-[MASK] first pass: one row per window
     assert torch.equal(fewer.candidates, full.candidates) and torch.equal(fewer.best, full.best)
     assert torch.allclose(fewer.token_confidence, full.token_confidence, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["smdm", "whisper-mdm"])
+def test_decoders_take_one_row_per_window_or_k(family, tiny_model):
+    """Row n of a (B * R, L) canvas reads window n // R's audio: R = 1 (PDD's first pass) gives each
+    window the logits that any of its R = k rows gets, and the eager DecoderFn passes it straight through."""
+    from whisfusion_cli.decoding import eager_decoder
+
+    dec, kv, mask_id = _tiny_decoders(family, tiny_model)
+    k = 3
+    canvas = torch.randint(0, 250, (2, 16))
+    canvas[:, ::2] = mask_id
+    with torch.no_grad():
+        one = dec(canvas, kv)  # (2, 16, V)
+        spelled = dec(canvas.repeat_interleave(k, 0), kv).view(2, k, 16, -1)
+        assert not torch.allclose(one[0], one[1], atol=1e-3)  # the windows' audio differs
+        for r in range(k):
+            assert torch.allclose(spelled[:, r], one, atol=1e-5)
+        assert torch.equal(eager_decoder(dec, kv, 2)(canvas), one)  # a plain tensor: nothing to share
+
+
+@pytest.mark.parametrize("family", ["smdm", "whisper-mdm"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_first_pass_decodes_one_row_per_window_and_draws_what_k_rows_drew(family, temperature, tiny_model):
+    """The first pass calls the decoder on (windows, L) all-[MASK] rows; its k candidates per window are the
+    same draws (same seed) as sampling from the logits of every candidate's own row, as PDD did before."""
+    from whisfusion_cli.decoding import make_generator
+    from whisfusion_cli.token_stats import choose_tokens
+
+    dec, kv, mask_id = _tiny_decoders(family, tiny_model)
+    k, length = 5, 32
+    calls: list[torch.Tensor] = []
+
+    def spy(canvas, positions=None):
+        calls.append(canvas.clone())
+        return dec(canvas, kv, positions=positions)
+
+    opts = DecodingOptions(k=k, steps=3, schedule=(1.0, 0.6, 0.3), temperature=temperature, seed=4)
+    out = pdd(spy, 2, length, mask_id, EOS, opts, CPU)
+    assert [c.shape[0] for c in calls] == [2, 2 * k, 2 * k] and (calls[0] == mask_id).all()
+    first = pdd(spy, 2, length, mask_id, EOS, DecodingOptions(k=k, steps=1, schedule=(1.0,), temperature=temperature,
+                                                              seed=4), CPU)
+    with torch.no_grad():  # before: the decoder on all k x windows rows, one logits row per candidate
+        logits = dec(torch.full((2 * k, length), mask_id), kv)
+    ids, probs = choose_tokens(logits, None, True, k, temperature, make_generator(CPU, 4))
+    assert torch.equal(first.candidates.view(2 * k, length), ids)
+    assert torch.allclose(first.token_confidence.view(2 * k, length), probs, atol=1e-5)
+    assert len({tuple(c) for c in ids.tolist()}) > 2  # the candidates differ: samples, not k copies
+    assert not (out.candidates == mask_id).any()
 
 
 def test_masked_first_is_a_stable_sort_of_the_mask():

@@ -1,10 +1,12 @@
 """Parallel Diffusion Decoding (PDD), Whisfusion (arXiv 2508.07048) Sec. 3.3.
 
 One decoder pass on the fully masked canvas gives a distribution per position; k candidate
-transcripts are sampled from it at once (candidate 0 takes the argmax). Each of the N-1 later
-steps re-masks a fraction rho_t of every candidate and re-predicts it; all k x windows run as one
-batch. The candidate with the highest mean token confidence wins. The cost is N decoder passes,
-whatever the transcript length. Functions are small and sync-free so the loop can be compiled.
+transcripts are sampled from it at once (candidate 0 takes the argmax). The k candidates of a window
+all start as the same all-[MASK] canvas, so that first pass runs on one row per window and the k
+candidates are drawn from its logits (`first_pass`). Each of the N-1 later steps re-masks a fraction
+rho_t of every candidate and re-predicts it; all k x windows run as one batch. The candidate with
+the highest mean token confidence wins. The cost is N decoder passes, whatever the transcript
+length. Functions are small and sync-free so the loop can be compiled.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from .diffusion import select_remask, select_remask_scoped
 from .token_stats import choose_tokens
 
 DecoderFn = Callable[..., Tensor | tuple[Tensor, Tensor]]
-"""(canvas (B*k, L), positions=None) -> logits. positions None: logits (B*k, L, V) at every position;
-positions (B*k, P) int64: logits (B*k, P, V) at those positions only, so PDD skips the output head
-(most of a pass's FLOPs with a 51,865-token vocabulary) where no token can change. A decoder that
-computes equal rows once may return (logits (M, L or P, V), rows (B*k,) int64): canvas row n's
-logits are logits[rows[n]] (`distinct_rows`), never spelled out."""
+"""(canvas (B*R, L), positions=None) -> logits for B windows with R rows each, window-major: row n
+belongs to window n // R. PDD calls it with R = 1 on the first pass (one all-[MASK] row per window,
+`first_pass`) and R = k afterwards (every candidate); the decoder folds a window's R rows into one
+cross-attention sequence over that window's audio K/V. positions None: logits (B*R, L, V) at every
+position; positions (B*R, P) int64: logits (B*R, P, V) at those positions only, so PDD skips the
+output head (most of a pass's FLOPs with a 51,865-token vocabulary) where no token can change. A
+decoder that computes equal rows once may return (logits (M, L or P, V), rows (B*R,) int64): canvas
+row n's logits are logits[rows[n]] (`distinct_rows`), never spelled out."""
 TOKENS_PER_SECOND = 8  # canvas positions per second of audio: well above fast speech (~5 tokens/s)
 MIN_CANVAS = 16
 CANVAS_MULTIPLE = 16  # canvas lengths are rounded up to this: few distinct shapes (CUDA graphs, kernels)
@@ -87,18 +92,36 @@ def head_sizes(schedule: tuple[float, ...], canvas_len: int) -> tuple[int, ...]:
                  for step, rho in enumerate(schedule))
 
 
-def predict(decoder: DecoderFn, canvas: Tensor, confidence: Tensor, mask_id: int, first: bool,
-            k: int, options: DecodingOptions, generator: torch.Generator,
-            n_positions: int | None = None) -> tuple[Tensor, Tensor]:
-    """One PDD step: fill every masked position, record each new token's probability.
+def first_pass(decoder: DecoderFn, n_windows: int, canvas_len: int, mask_id: int, k: int,
+               temperature: float, generator: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
+    """PDD's first step: k candidates per window drawn from ONE decoder row per window.
 
-    With `n_positions` P (the steps after the first), logits are computed only
-    at each row's first P positions in re-mask order: all its masked positions (<= P), then others.
+    Every candidate starts as the same all-[MASK] canvas, so the decoder runs on (n_windows, L) and
+    each window's k candidates read that window's logits row in place (`choose_tokens` rows):
+    candidate 0 the argmax, the others samples at `temperature`. A k-th of the pass's compute and
+    of its logits, the largest tensor of a PDD run.
+
+    Returns:
+        canvas (N, L) and confidence (N, L), N = n_windows * k window-major: each token and its
+        probability (temperature 1).
+    """
+    canvas = torch.full((n_windows, canvas_len), mask_id, dtype=torch.long, device=device)  # (B, L)
+    logits, rows = _logits_rows(decoder(canvas))  # (B or fewer, L, V)
+    window = torch.arange(n_windows, device=device).repeat_interleave(k)  # (N,) each candidate's window
+    return choose_tokens(logits, window if rows is None else rows[window], True, k, temperature, generator)
+
+
+def predict(decoder: DecoderFn, canvas: Tensor, confidence: Tensor, mask_id: int,
+            n_positions: int) -> tuple[Tensor, Tensor]:
+    """A PDD step after the first: every masked position takes its argmax token and that token's probability.
+
+    Logits are computed only at each row's first `n_positions` P positions in re-mask order: all
+    its masked positions (<= P), then others; P >= L: at every position.
     """
     masked = canvas == mask_id  # (N, L)
-    if n_positions is None:
-        pred, prob = choose_tokens(*_logits_rows(decoder(canvas)), first, k, options.temperature, generator)
-        return torch.where(masked, pred, canvas), torch.where(masked, prob, confidence)  # (N, L) each
+    if n_positions >= canvas.shape[1]:
+        pred, prob = choose_tokens(*_logits_rows(decoder(canvas)))  # (N, L) each
+        return torch.where(masked, pred, canvas), torch.where(masked, prob, confidence)
     positions = masked_first(masked)[:, :n_positions]  # (N, P)
     pred, prob = choose_tokens(*_logits_rows(decoder(canvas, positions=positions)))  # (N, P) each
     hit = masked.gather(1, positions)
@@ -130,29 +153,25 @@ def pdd(decoder: DecoderFn, n_windows: int, canvas_len: int, mask_id: int, eos_i
     """Runs PDD for `n_windows` audio windows whose adapter K/V the `decoder` closure already holds.
 
     Args:
-        decoder: a DecoderFn over (n_windows * k, L) canvases, candidates window-major. Steps
-            after the first ask for logits only at the P_t = `head_sizes` positions per row that
-            can change; the result is the same as with the full head.
+        decoder: a DecoderFn, called first on an (n_windows, L) canvas (one all-[MASK] row per
+            window, `first_pass`), then on (n_windows * k, L) canvases, candidates window-major.
+            Steps after the first ask for logits only at the P_t = `head_sizes` positions per row
+            that can change; the result is the same as with the full head.
         canvas_len: L, the number of token positions (text + end-of-text padding).
         mask_id, eos_id: the [MASK] and end-of-text ids.
         options: k, steps, schedule, re-mask rule, temperature, seed.
     """
     k = options.k
-    n = n_windows * k
     generator = make_generator(device, options.seed)
-    canvas = torch.full((n, canvas_len), mask_id, dtype=torch.long, device=device)
-    confidence = torch.zeros(n, canvas_len, device=device)
+    canvas, confidence = first_pass(decoder, n_windows, canvas_len, mask_id, k, options.temperature, generator,
+                                    device)  # (N, L) each
     sizes = head_sizes(options.schedule, canvas_len)
-    for step, rho in enumerate(options.schedule):
-        if step > 0:
-            if options.scope == "text":
-                remask = select_remask_scoped(canvas, confidence, rho, options.remask, eos_id, generator)
-            else:
-                remask = select_remask(confidence, round(rho * canvas_len), options.remask, generator)
-            canvas = canvas.masked_fill(remask, mask_id)
-        n_positions = sizes[step] if sizes[step] < canvas_len else None
-        canvas, confidence = predict(decoder, canvas, confidence, mask_id, step == 0, k, options, generator,
-                                     n_positions)
+    for step, rho in enumerate(options.schedule[1:], start=1):
+        if options.scope == "text":
+            remask = select_remask_scoped(canvas, confidence, rho, options.remask, eos_id, generator)
+        else:
+            remask = select_remask(confidence, round(rho * canvas_len), options.remask, generator)
+        canvas, confidence = predict(decoder, canvas.masked_fill(remask, mask_id), confidence, mask_id, sizes[step])
     scores = mean_confidence(canvas, confidence, eos_id).view(n_windows, k)
     best = scores.argmax(-1)  # (B,)
     candidates = canvas.view(n_windows, k, canvas_len)
@@ -168,12 +187,15 @@ def distinct_rows(decoder: DecoderFn, n_windows: int) -> DecoderFn:
     (the bundled model on real clips: 1-4 distinct rows of 15 from the third pass on), so eager
     decoding, compute-bound on a CPU or on large GPU batches, skips most of its work. Each window
     gets the same number of rows (its distinct ones, padded with repeats) because the decoder folds
-    a window's candidates into one cross-attention sequence. Data-dependent shapes and a host sync
-    per pass: not for the CUDA-graph path.
+    a window's candidates into one cross-attention sequence. A canvas of one row per window (PDD's
+    first pass) goes straight through. Data-dependent shapes and a host sync per pass: not for the
+    CUDA-graph path.
     """
-    def fn(canvas: Tensor, positions: Tensor | None = None) -> Tensor:
+    def fn(canvas: Tensor, positions: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         n, dev = canvas.shape[0], canvas.device
-        k = n // n_windows
+        k = n // n_windows  # rows per window
+        if k == 1:  # nothing to share, and no host sync
+            return decoder(canvas, positions=positions)
         win = torch.arange(n_windows, device=dev).repeat_interleave(k)  # (N,) each row's window
         key = torch.cat([win[:, None], canvas] + ([] if positions is None else [positions]), 1)
         uniq, inv = torch.unique(key, dim=0, return_inverse=True)  # sorted: window-major ids

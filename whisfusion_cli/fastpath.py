@@ -2,11 +2,13 @@
 
 One decoder pass is ~1,000 small kernels (18 blocks of norms, RoPE, attention, adapter, SwiGLU),
 so at inference batch sizes the GPU waits on kernel launches, not on math. For each shape
-(windows, audio frames, candidates x canvas) we capture two graphs once: the adapters' keys and
-values from the encoder states, and one decoder pass over the canvas. PDD then replays the
-decoder graph N times; its own sampling/re-masking stays eager (a few kernels per step). Steps after
-the first compute the output head only at the P_t positions that can change (decoding.head_sizes),
-so each canvas shape has one decoder graph per P_t, each with a static (N, P_t, V) logits buffer.
+(windows, audio frames, candidates x canvas) we capture the graphs once: the adapters' keys and
+values from the encoder states, and the decoder passes over the canvas. PDD then replays a
+decoder graph per step; its own sampling/re-masking stays eager (a few kernels per step). The first
+pass runs on one all-[MASK] row per window (decoding.first_pass): its graph has B rows at every
+position, a static (B, L, V) logits buffer, a k-th of the candidates'. Steps after the first run on
+all N = B x k rows and compute the output head only at the P_t positions that can change
+(decoding.head_sizes): one graph per P_t, each with a static (N, P_t, V) logits buffer.
 Optionally the decoder's forward is wrapped in `torch.compile` before capture (fused kernels inside
 the graphs); if compilation fails the plain forward is captured instead.
 Shapes are kept few by rounding: canvas lengths to 16 (decoding.canvas_length), audio frames to
@@ -40,33 +42,37 @@ COMPILE_RECOMPILE_LIMIT = 256  # compiled shapes per forward (torch's default of
 
 @dataclass
 class _Head:
-    """One decoder graph: logits at P positions per row (P = L: every position, no gather)."""
+    """One decoder graph: logits for R canvas rows at P positions per row (P = L: every position, no gather)."""
 
-    positions: Tensor | None  # (N, P) static input; None for P = L
+    positions: Tensor | None  # (R, P) static input; None for P = L
     graph: torch.cuda.CUDAGraph
-    logits: Tensor  # (N, P, V) static output, overwritten by every replay
+    logits: Tensor  # (R, P, V) static output, valid until the next replay of any graph (shared pool)
 
 
 @dataclass
 class _Captured:
     xa: Tensor  # (B, S, C_audio) static input
     n_frames: Tensor  # (B,)
-    canvas: Tensor  # (N, L)
+    canvas: Tensor  # (N, L) static input; a graph of R rows reads its first R
     kv_graph: torch.cuda.CUDAGraph
     kv: list[KV]  # static output of kv_graph, read by every head graph
-    heads: dict[int, _Head]  # P -> graph
-    forward: Callable[..., Tensor]  # eager fallback for a P that was not captured
+    heads: dict[tuple[int, int], _Head]  # (R, P) -> graph: (B, L) the first pass, (N, P_t) later steps
+    forward: Callable[..., Tensor]  # eager fallback for a shape that was not captured
 
     @property
     def nbytes(self) -> int:
         return sum(h.logits.numel() * h.logits.element_size() for h in self.heads.values())
 
     def run(self, canvas: Tensor, positions: Tensor | None = None) -> Tensor:
-        """canvas (N, L) [, positions (N, P)] -> logits (N, L or P, V), valid until the next call."""
-        self.canvas.copy_(canvas)
-        head = self.heads.get(canvas.shape[1] if positions is None else positions.shape[1])
+        """canvas (R, L) [, positions (R, P)] -> logits (R, L or P, V), valid until the next call.
+
+        The graph is chosen by (R, P): R = B on the first pass, N after it."""
+        n = canvas.shape[0]
+        static = self.canvas[:n]  # (R, L), the rows this graph reads
+        static.copy_(canvas)
+        head = self.heads.get((n, canvas.shape[1] if positions is None else positions.shape[1]))
         if head is None:
-            return self.forward(self.canvas, self.kv, positions=positions)
+            return self.forward(static, self.kv, positions=positions)
         if head.positions is not None:
             head.positions.copy_(positions)
         head.graph.replay()
@@ -102,24 +108,26 @@ class GraphedDecoder:
 
     def prepare(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
                 head_sizes: tuple[int, ...] = ()):  # -> DecoderFn
-        """Loads this batch's audio states and returns canvas (n_rows, L) [, positions (n_rows, P)] -> logits.
+        """Loads this batch's audio states and returns the DecoderFn canvas (R, L) [, positions (R, P)] ->
+        logits, R = B windows (PDD's first pass) or n_rows = B x k.
 
-        `head_sizes`: the P values PDD will ask for (decoding.head_sizes); one graph each, plus P = L.
-        The logits are a static buffer: read them before the next call.
+        `head_sizes`: decoding.head_sizes, in step order: step 0 is the first pass (B rows, every
+        position), each later P_t a graph over n_rows rows. The logits are a static buffer: read
+        them before the next call.
         """
-        sizes = tuple(sorted({canvas_len, *(p for p in head_sizes if 0 < p < canvas_len)}))
-        key = (*xa.shape, n_rows, canvas_len, *sizes)
+        shapes = graph_shapes(xa.shape[0], n_rows, canvas_len, head_sizes)
+        key = (*xa.shape, n_rows, canvas_len, *(n for shape in shapes for n in shape))
         g = self.graphs.pop(key, None)
         if g is None:
             budget = MAX_GRAPH_MEMORY * torch.cuda.get_device_properties(xa.device).total_memory
-            need = n_rows * sum(sizes) * self.decoder.config.vocab_size * xa.element_size()
+            need = sum(r * p for r, p in shapes) * self.decoder.config.vocab_size * xa.element_size()
             while self.graphs and (len(self.graphs) >= MAX_GRAPHS
                                    or sum(c.nbytes for c in self.graphs.values()) + need > budget):
                 self.graphs.popitem(last=False)  # least recently used first
             if need > budget or n_rows * canvas_len > MAX_GRAPH_TOKENS:  # eager for this shape, on the
                 # distinct rows only: their number varies per pass, so never the compiled forward
                 return eager_decoder(self.decoder.forward, self.decoder.cross_kv(xa, n_frames), xa.shape[0])
-            g = self._capture(xa, n_frames, n_rows, canvas_len, sizes)
+            g = self._capture(xa, n_frames, n_rows, canvas_len, shapes)
         self.graphs[key] = g
         g.xa.copy_(xa)
         g.n_frames.copy_(n_frames)
@@ -127,39 +135,41 @@ class GraphedDecoder:
         return g.run
 
     def _capture(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
-                 sizes: tuple[int, ...]) -> _Captured:
+                 shapes: tuple[tuple[int, int], ...]) -> _Captured:
         """Captures this shape; a compiled forward that fails to compile or capture is dropped for the plain one."""
         if self.compiled:
             try:
-                return self._capture_with(xa, n_frames, n_rows, canvas_len, sizes)
+                return self._capture_with(xa, n_frames, n_rows, canvas_len, shapes)
             except Exception as e:  # noqa: BLE001 - any compiler failure
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 self.compile_error = f"{type(e).__name__}: {first}"
                 log.warning("torch.compile failed, capturing the plain decoder: %s", self.compile_error)
                 self.forward = self.decoder.forward
-        return self._capture_with(xa, n_frames, n_rows, canvas_len, sizes)
+        return self._capture_with(xa, n_frames, n_rows, canvas_len, shapes)
 
     def _capture_with(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
-                      sizes: tuple[int, ...]) -> _Captured:
+                      shapes: tuple[tuple[int, int], ...]) -> _Captured:
         dec = self.decoder
         xa_s, nf_s = xa.clone(), n_frames.clone()
         canvas_s = torch.full((n_rows, canvas_len), dec.config.mask_id, dtype=torch.long, device=xa.device)
 
         def passes() -> None:  # every shape, outside capture
             kv = dec.cross_kv(xa_s, nf_s)
-            for p in sizes:
-                self.forward(canvas_s, kv, positions=_positions(canvas_s, p))
+            for r, p in shapes:
+                self.forward(canvas_s[:r], kv, positions=_positions(canvas_s[:r], p))
 
         _warm_up(passes, xa.device)
         kv_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(kv_graph):
             kv: list[KV] = dec.cross_kv(xa_s, nf_s)
-        heads: dict[int, _Head] = {}
-        for p in sizes:  # graphs share one pool: each replay's output is read before the next replay
-            positions, graph = _positions(canvas_s, p), torch.cuda.CUDAGraph()
+        heads: dict[tuple[int, int], _Head] = {}
+        for r, p in shapes:  # graphs share one pool. Static outputs (kv, each graph's logits) stay referenced,
+            # so no later capture reuses their memory, but an earlier graph's intermediates may lie where a
+            # later one's logits do: PDD reads each replay's logits before the next replay of any graph
+            positions, graph = _positions(canvas_s[:r], p), torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=kv_graph.pool()):
-                logits = self.forward(canvas_s, kv, positions=positions)
-            heads[p] = _Head(positions, graph, logits)
+                logits = self.forward(canvas_s[:r], kv, positions=positions)
+            heads[r, p] = _Head(positions, graph, logits)
         return _Captured(xa_s, nf_s, canvas_s, kv_graph, kv, heads, self.forward)
 
 
@@ -190,6 +200,14 @@ class GraphedEncoder:
         with torch.cuda.graph(graph):
             out = self.encoder(mel)
         return mel, graph, out
+
+
+def graph_shapes(n_windows: int, n_rows: int, canvas_len: int,
+                 head_sizes: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """(rows R, positions P) of each decoder graph PDD replays: (B, L) for the first pass (one
+    all-[MASK] row per window), then (n_rows, P_t) for each later step's `head_sizes` P_t."""
+    later = {(n_rows, min(p, canvas_len)) for p in head_sizes[1:] if p > 0}
+    return tuple(sorted({(n_windows, canvas_len), *later}))
 
 
 def _warm_up(fn: Callable[[], object], device: torch.device, times: int = 2) -> None:

@@ -4,13 +4,18 @@ Every PDD pass ends here: per position, the argmax (or, on the first pass, a sam
 and that token's probability under the softmax. With a 51,865-token vocabulary the logits are
 the biggest tensor of a pass (15 candidates x 208 positions: 320 MB of bf16), and the plain torch
 version reads them five to eight times (max, argmax, subtract, exp, sum; noise, log, log, add on the
-first pass). On CUDA one Triton kernel does it in a single pass with an online softmax (running
-max and rescaled sum, Milakov & Gimelshein 2018) and Philox noise drawn in registers; elsewhere,
-or without Triton, the torch version runs. Both draw from the same distribution, not the same
-numbers.
+first pass). On CUDA one Triton kernel reads each row once for the argmax (an online softmax:
+running max and rescaled sum, Milakov & Gimelshein 2018) and, to sample, draws one Philox uniform u
+per row and reads the row a second time only up to the first token whose cumulative mass exceeds
+u x the sum (inverse CDF: one random number per row, not one per vocabulary entry as Gumbel-max
+needs). Rows may be shared: output row n reads logits row rows[n] in place (PDD's first pass, k
+candidates per window from one row). Elsewhere, or without Triton, the torch version runs. Both
+draw from the same distribution, not the same numbers.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -31,14 +36,14 @@ def choose_tokens(logits: Tensor, rows: Tensor | None = None, sample: bool = Fal
     sample=False: the argmax. sample=True: a sample from softmax(logits / temperature), except that
     row 0 of every k rows (candidate 0 of each window, rows window-major) takes the argmax. The
     probability is the chosen token's under softmax(logits) (temperature 1), computed in fp32.
-    rows (N,): output row n reads logits[rows[n]] (equal canvas rows share their logits); the argmax
-    is then taken once per logits row, a sample still once per output row.
+    rows (N,) int64: output row n reads logits[rows[n]] (equal canvas rows share their logits, never
+    copied); the argmax is then taken once per logits row, a sample still once per output row.
     """
     if rows is not None and not sample:
         ids, probs = choose_tokens(logits)  # once per logits row
         return ids[rows], probs[rows]
-    if logits.is_cuda and triton is not None:  # Gumbel-max in the kernel, one row each
-        return _choose_triton(logits if rows is None else logits[rows], sample, k, temperature, generator)
+    if logits.is_cuda and triton is not None:  # inverse-CDF sampling in the kernel, one program per output row
+        return _choose_triton(logits, rows, sample, k, temperature, generator)
     if sample:
         return _sample_torch(logits, rows, k, temperature, generator)
     return _argmax_torch(logits)
@@ -80,72 +85,107 @@ def _sample_torch(logits: Tensor, rows: Tensor | None, k: int, temperature: floa
     return pred.view(n, *logits.shape[1:-1]), prob.view(n, *logits.shape[1:-1])
 
 
-def _choose_triton(logits: Tensor, sample: bool, k: int, temperature: float,
+def _choose_triton(logits: Tensor, rows: Tensor | None, sample: bool, k: int, temperature: float,
                    generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    shape, vocab = logits.shape[:-1], logits.shape[-1]
-    table = logits.reshape(-1, vocab) if logits.stride(-1) == 1 and _rows_uniform(logits) else None
-    if table is None:  # a layout the kernel cannot stride through: one contiguous copy
-        table = logits.contiguous().view(-1, vocab)
-    n = table.shape[0]
-    ids = torch.empty(n, dtype=torch.long, device=logits.device)
-    probs = torch.empty(n, dtype=torch.float32, device=logits.device)
+    """`choose_tokens` by `_choose_kernel`: logits (M, ..., V) read through `rows` (N,) in place."""
+    table = _as_table(logits)  # (M, R, V), unit stride along V
+    m, r, vocab = table.shape
+    n = m if rows is None else rows.shape[0]
+    ids = torch.empty(n * r, dtype=torch.long, device=logits.device)
+    probs = torch.empty(n * r, dtype=torch.float32, device=logits.device)
+    out_shape = (n, *logits.shape[1:-1])
+    if n * r == 0:
+        return ids.view(out_shape), probs.view(out_shape)
     seed = (torch.randint(0, 2**31 - 1, (1,), device=logits.device, generator=generator, dtype=torch.int64)
             if sample else torch.zeros(1, dtype=torch.int64, device=logits.device))  # no host sync
-    per_candidate = n // max(shape[0], 1) if len(shape) else 1  # rows of one candidate (its positions)
-    _choose_kernel[(n,)](table, table.stride(0), vocab, seed, 1.0 / max(temperature, 1e-6), max(k, 1),
-                         per_candidate, ids, probs, SAMPLE=sample, BLOCK=BLOCK)
-    return ids.view(shape), probs.view(shape)
+    row_map = ids if rows is None else rows.to(torch.int64).contiguous()  # unread without rows
+    inv_temp = 1.0 / max(temperature, 1e-6)
+    _choose_kernel[(n * r,)](table, row_map, table.stride(0), table.stride(1), n, r, vocab, seed, inv_temp,
+                             max(k, 1), ids, probs, SAMPLE=sample, HAS_ROWS=rows is not None,
+                             SCALED=sample and inv_temp != 1.0, BLOCK=BLOCK)
+    return ids.view(out_shape), probs.view(out_shape)
 
 
-def _rows_uniform(logits: Tensor) -> bool:
-    """True if every leading dimension steps by whole rows: (..., V) viewable as (rows, V) by striding."""
-    try:
-        logits.view(-1, logits.shape[-1])
-        return True
-    except RuntimeError:
-        return False
+def _as_table(logits: Tensor) -> Tensor:
+    """logits (M, ..., V) as an (M, R, V) view the kernel can stride through (R: the middle dims'
+    product), e.g. a padded head's [..., :V] slice; one contiguous copy only where no such view exists."""
+    m, vocab = logits.shape[0], logits.shape[-1]
+    r = math.prod(logits.shape[1:-1])
+    if logits.stride(-1) == 1:
+        try:
+            return logits.view(m, r, vocab)
+        except RuntimeError:  # middle dims that do not merge into one stride
+            pass
+    return logits.contiguous().view(m, r, vocab)
 
 
 if triton is not None:
     @triton.jit
-    def _choose_kernel(logits_ptr, row_stride, vocab, seed_ptr, inv_temp, k, per_candidate, ids_ptr, probs_ptr,
-                       SAMPLE: tl.constexpr, BLOCK: tl.constexpr):
-        """One program per row: online softmax (max m, sum s of exp(x - m)), argmax, Gumbel-max sample."""
-        row = tl.program_id(0)
-        base = logits_ptr + row.to(tl.int64) * row_stride
-        seed = tl.load(seed_ptr).to(tl.uint32) + row.to(tl.uint32)
-        greedy = ((row // per_candidate) % k) == 0  # candidate 0 of its window
+    def _choose_kernel(logits_ptr, rows_ptr, stride_m, stride_r, n_rows, n_pos, vocab, seed_ptr, inv_temp, k,
+                       ids_ptr, probs_ptr, SAMPLE: tl.constexpr, HAS_ROWS: tl.constexpr, SCALED: tl.constexpr,
+                       BLOCK: tl.constexpr):
+        """One program per output (row n, position r), position-major so that the k candidates sharing
+        a logits row read it together (L2 hits). Read 1: online softmax (max m, sum s of exp(x - m);
+        SCALED: also sum st of exp(x inv_temp - m inv_temp)) and argmax. Read 2 (samples only): the
+        first token whose running sum of exp(x inv_temp - m inv_temp) exceeds u st, u one Philox
+        uniform for this output; stops there."""
+        pid = tl.program_id(0)
+        row = pid % n_rows  # output row: candidate row % k of its window
+        pos = pid // n_rows
+        out = row.to(tl.int64) * n_pos + pos  # flat output index, (N, R) row-major
+        src = row.to(tl.int64)  # the logits row it reads
+        if HAS_ROWS:
+            src = tl.load(rows_ptr + row)
+        base = logits_ptr + src * stride_m + pos.to(tl.int64) * stride_r
         m = tl.full([], float("-inf"), tl.float32)
         s = tl.full([], 0.0, tl.float32)
+        mt = tl.full([], float("-inf"), tl.float32)  # max and sum of x * inv_temp (SCALED)
+        st = tl.full([], 0.0, tl.float32)
         arg = tl.full([], 0, tl.int32)
-        best_g = tl.full([], float("-inf"), tl.float32)
-        best_i = tl.full([], 0, tl.int32)
-        best_x = tl.full([], float("-inf"), tl.float32)
         for start in range(0, vocab, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            inside = cols < vocab
-            x = tl.load(base + cols, mask=inside, other=float("-inf")).to(tl.float32)
+            x = tl.load(base + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
             bmax = tl.max(x, 0)
             barg = tl.argmax(x, 0)
             new_m = tl.maximum(m, bmax)
             s = s * tl.exp(m - new_m) + tl.sum(tl.exp(x - new_m), 0)
             arg = tl.where(bmax > m, start + barg, arg)
+            if SCALED:  # inv_temp > 0: max(x * inv_temp) = max(x) * inv_temp, exactly
+                new_mt = new_m * inv_temp
+                st = st * tl.exp(mt - new_mt) + tl.sum(tl.exp(x * inv_temp - new_mt), 0)
+                mt = new_mt
             m = new_m
-            if SAMPLE:
-                u = tl.minimum(tl.maximum(tl.rand(seed, cols), 1e-20), 1.0 - 1e-7)
-                g = tl.where(inside, x * inv_temp - tl.log(-tl.log(u)), float("-inf"))
-                gmax = tl.max(g, 0)
-                garg = tl.argmax(g, 0)
-                gx = tl.sum(tl.where(cols == start + garg, x, 0.0), 0)
-                take = gmax > best_g
-                best_i = tl.where(take, start + garg, best_i)
-                best_x = tl.where(take, gx, best_x)
-                best_g = tl.maximum(best_g, gmax)
+        pick = arg
         if SAMPLE:
-            pick = tl.where(greedy, arg, best_i)
-            px = tl.where(greedy, m, best_x)
-        else:
-            pick = arg
-            px = m
-        tl.store(ids_ptr + row, pick.to(tl.int64))
-        tl.store(probs_ptr + row, tl.exp(px - m) / s)
+            if not SCALED:
+                mt = m
+                st = s
+            greedy = (row % k) == 0  # candidate 0 of its window
+            u = tl.rand(tl.load(seed_ptr).to(tl.uint32), pid)  # one uniform in [0, 1] per output
+            pick = _inverse_cdf(base, vocab, inv_temp, mt, u * st, arg, greedy, BLOCK)
+        px = tl.load(base + pick).to(tl.float32)
+        tl.store(ids_ptr + out, pick.to(tl.int64))
+        tl.store(probs_ptr + out, tl.exp(px - m) / s)
+
+    @triton.jit
+    def _inverse_cdf(base, vocab, inv_temp, mt, target, arg, greedy, BLOCK: tl.constexpr):
+        """The first token whose cumulative exp(x inv_temp - mt) exceeds `target`, read block by block
+        until found; `arg` where `greedy`. A token of zero mass is never taken (not even past the vocabulary):
+        if fp32 rounding keeps the running sum below the target to the end, the last token of
+        non-zero mass is."""
+        pick = tl.where(greedy, arg, -1)
+        last = arg  # mass 1: exp(0)
+        acc = tl.full([], 0.0, tl.float32)
+        start = tl.full([], 0, tl.int32)
+        while (pick < 0) & (start < vocab):
+            cols = start + tl.arange(0, BLOCK)
+            inside = cols < vocab
+            x = tl.load(base + cols, mask=inside, other=float("-inf")).to(tl.float32)
+            p = tl.where(inside, tl.exp(x * inv_temp - mt), 0.0)
+            hit = ((acc + tl.cumsum(p, 0)) > target) & (p > 0.0)
+            first = tl.min(tl.where(hit, cols, vocab), 0)
+            pick = tl.where(first < vocab, first, pick)
+            last = tl.maximum(last, tl.max(tl.where(p > 0.0, cols, -1), 0))
+            acc += tl.sum(p, 0)
+            start += BLOCK
+        return tl.where(pick < 0, last, pick)
