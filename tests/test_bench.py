@@ -243,6 +243,27 @@ def test_shaped_like_reads_only_the_config(tiny_model, tmp_path):
     assert ar.decode_windows([synthetic_speech(1.0)])[0].n_tokens == 3
 
 
+def test_shaped_like_a_model_with_a_rescorer_rescores_but_does_not_verify(tmp_path):
+    """Verification's passes depend on trained weights: `--shape-of` times the presets without it, and
+    rescoring with a random AR decoder of the shipped one's shape (the same cost)."""
+    import shutil
+    from pathlib import Path
+
+    from whisfusion_cli.bench import shaped_like
+    from whisfusion_cli.cli import default_model
+
+    bundled = Path(default_model())
+    cfg = json.loads((bundled / "config.json").read_text())
+    cfg["presets"]["fast"] |= {"select": "rescore", "verify": 0.5}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(bundled / "tokenizer.json", tmp_path)
+    pdd_asr, _ = shaped_like(tmp_path, torch.device("cpu"), torch.float32)
+    assert pdd_asr.rescorer is not None and cfg["rescorer"]
+    options = pdd_asr.options("fast")
+    assert options.select == "rescore" and options.verify == 0
+    assert isinstance(pdd_asr.decode_windows([synthetic_speech(1.0)], options)[0].text, str)
+
+
 @pytest.mark.requires_cuda
 def test_cuda_padded_head_and_graphed_encoder_match_plain():
     if not torch.cuda.is_available():

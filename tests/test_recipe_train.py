@@ -73,10 +73,13 @@ def test_recipe_renders_trains_ships_and_evaluates(tmp_path, weights_dir, monkey
 
     delta.extract(run / "model", tmp_path / "delta")
     presets = tmp_path / "presets.json"
-    presets.write_text(json.dumps({"accurate": {"k": 3, "steps": 2, "schedule": [1.0, 0.5]}}))
+    presets.write_text(json.dumps({"accurate": {"k": 3, "steps": 2, "schedule": [1.0, 0.5]},
+                                   "fast": {"k": 2, "steps": 2, "schedule": [1.0, 0.5], "select": "rescore",
+                                            "verify": 0.5}}))
     shipped = delta.apply(whisper, tmp_path / "delta", tmp_path / "shipped", presets, max_shard_bytes=15_000_000,
-                          default_preset="accurate")
+                          default_preset="accurate", rescorer=True)
     assert json.loads((shipped / "config.json").read_text())["default_preset"] == "accurate"
+    assert list(shipped.glob("rescorer-*.safetensors"))  # Whisper's AR decoder ships beside it
     assert all(f.stat().st_size <= 15_000_000 for f in shipped.glob("*.safetensors"))
     rebuilt = load_weights(shipped)
     assert rebuilt.keys() == after.keys() and all(torch.equal(rebuilt[k], after[k]) for k in after)

@@ -15,7 +15,7 @@ import tempfile
 import time
 import wave
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,11 @@ import torch
 
 from .asr import ASRModel, WhisfusionASR, WhisperASR
 from .audio import SAMPLE_RATE
-from .config import DecoderConfig, EncoderConfig, WhisfusionConfig, WhisperTextConfig
+from .config import DecoderConfig, EncoderConfig, WhisfusionConfig, WhisperMDMConfig, WhisperTextConfig
 from .model import Whisfusion
+from .rescoring import Rescorer
 from .tokenizer import Tokenizer, train_bpe_tokenizer
-from .whisper import WhisperModel
+from .whisper import WhisperModel, WhisperTextDecoder
 
 TOKENS_PER_SECOND_AR = 3.5  # Whisper tokens per second of read English speech (LibriSpeech ~2.7 words/s)
 
@@ -130,8 +131,17 @@ def shaped_like(model_dir: str | Path, device: torch.device,
 
     path = Path(model_dir)
     cfg = WhisfusionConfig.from_dict(read_config(path))
+    # how many passes verification makes depends on the trained weights (random ones disagree at
+    # every token): time it with the real model (--model), here the presets' PDD and selection only
+    cfg = replace(cfg, presets={n: {k: v for k, v in p.items() if k != "verify"} for n, p in cfg.presets.items()})
     tok = Tokenizer.from_file(path / "tokenizer.json", cfg.tokenizer_kind)
-    return _random_pair(cfg, tok, device, dtype, f"random weights shaped like {path.name}")
+    pdd_asr, ar_asr = _random_pair(cfg, tok, device, dtype, f"random weights shaped like {path.name}")
+    if cfg.rescorer is not None and isinstance(cfg.decoder, WhisperMDMConfig):  # a random one, same cost
+        torch.manual_seed(0)
+        decoder = WhisperTextDecoder(cfg.rescorer)
+        pdd_asr.rescorer = Rescorer(decoder, pdd_asr.net.decoder.embed_tokens, list(cfg.decoder.prefix),
+                                    cfg.eos_id).to(device=device, dtype=dtype).eval()
+    return pdd_asr, ar_asr
 
 
 def _median_ms(fn: Callable[[], Any], asr: ASRModel, repeats: int, warmup: int) -> dict[str, float]:

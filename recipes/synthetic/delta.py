@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from whisfusion_cli.checkpoint import (
+    add_rescorer,
     init_from_whisper,
     load_weights,
     read_config,
@@ -50,10 +51,11 @@ def extract(model_dir: Path, out: Path, max_bytes: int = 14 << 20) -> list[Path]
 
 
 def apply(whisper_dir: Path, delta_dir: Path, model_dir: Path, presets: Path | None = None,
-          max_shard_bytes: int = 15_000_000, default_preset: str | None = None) -> Path:
+          max_shard_bytes: int = 15_000_000, default_preset: str | None = None, rescorer: bool = False) -> Path:
     """whisper-mdm from `whisper_dir` with the delta's tensors, saved as fp16 shards; `presets`: a
     JSON file of this model's tuned decoding presets (WhisfusionConfig.presets); `default_preset`:
-    the one `transcribe` uses when none is named."""
+    the one `transcribe` uses when none is named; `rescorer`: ship `whisper_dir`'s AR decoder beside it
+    (rescoring.py), which presets that rescore or verify need."""
     model, _, tok = init_from_whisper(whisper_dir)
     cfg = WhisfusionConfig.from_dict(json.loads((delta_dir / "delta-config.json").read_text()))
     if presets is not None:
@@ -76,7 +78,10 @@ def apply(whisper_dir: Path, delta_dir: Path, model_dir: Path, presets: Path | N
         for k, v in delta.items():
             state[k].copy_(v.float())
         model.decoder.embed_tokens.weight[cfg.decoder.mask_id] = mask_row.float()
-    return save_whisfusion(model, cfg, tok, model_dir, dtype=torch.float16, max_shard_bytes=max_shard_bytes)
+    save_whisfusion(model, cfg, tok, model_dir, dtype=torch.float16, max_shard_bytes=max_shard_bytes)
+    if rescorer:
+        add_rescorer(model_dir, whisper_dir, max_shard_bytes)
+    return model_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,9 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("out", type=Path)
     a.add_argument("--presets", type=Path, help="JSON: this model's decoding presets")
     a.add_argument("--default-preset", help="the preset transcribe uses when none is named (default: balanced)")
+    a.add_argument("--rescorer", action="store_true", help="ship the Whisper checkpoint's AR decoder beside it")
     args = p.parse_args(argv)
     print(extract(args.model, args.out) if args.cmd == "extract"
-          else apply(args.whisper, args.delta, args.out, args.presets, default_preset=args.default_preset))
+          else apply(args.whisper, args.delta, args.out, args.presets, default_preset=args.default_preset,
+                     rescorer=args.rescorer))
 
 
 if __name__ == "__main__":
