@@ -69,8 +69,9 @@ ModelOpt = Annotated[Optional[str], typer.Option(
                           "autoregressive baseline. Default: the bundled model.")]
 PresetOpt = Annotated[Optional[str], typer.Option(
     "--preset", "-p", help=f"PDD preset: {', '.join(f'{n} (k={p.k}, N={p.steps})' for n, p in PRESETS.items())} "
-                           "as in the paper; a model may tune them in its config.json (the bundled one decodes "
-                           "with N=4/8/12 steps, see its MODEL_CARD.md). Default: the model's.")]
+                           "as in the paper; a model may tune them in its config.json (the bundled one: fast and "
+                           "balanced N=4/8 steps, accurate a fast draft verified by Whisper's decoder; see its "
+                           "MODEL_CARD.md). Default: the model's.")]
 SelectOpt = Annotated[Optional[str], typer.Option(
     "--select", help="How the k candidates become one text: confidence (the most confident), consensus "
                      "(the one closest to the others), vote (their word-level vote) or rescore (the one "

@@ -6,6 +6,7 @@ row, ~51 MB in fp16 for whisper-base instead of 145 MB.
 
     python recipes/synthetic/delta.py extract /tmp/run/model OUT_DIR          # on the GPU machine
     python recipes/synthetic/delta.py apply WHISPER_DIR OUT_DIR MODEL_DIR --presets presets.json  # here
+    python recipes/synthetic/delta.py rescorer WHISPER_DIR MODEL_DIR --presets presets.json  # + Whisper's AR decoder
 """
 
 from __future__ import annotations
@@ -84,6 +85,18 @@ def apply(whisper_dir: Path, delta_dir: Path, model_dir: Path, presets: Path | N
     return model_dir
 
 
+def ship_rescorer(whisper_dir: Path, model_dir: Path, presets: Path | None = None) -> list[Path]:
+    """An existing model directory gets `whisper_dir`'s AR decoder beside it (its own shards untouched)
+    and, with `presets`, those decoding presets in its config.json."""
+    paths = add_rescorer(model_dir, whisper_dir)
+    if presets is not None:
+        data = read_config(model_dir) | {"presets": json.loads(presets.read_text())}
+        for name in WhisfusionConfig.from_dict(data).presets:
+            WhisfusionConfig.from_dict(data).decoding_options(name)  # fail now on a bad preset
+        (model_dir / "config.json").write_text(json.dumps(data, indent=2) + "\n")
+    return paths
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -97,7 +110,14 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("--presets", type=Path, help="JSON: this model's decoding presets")
     a.add_argument("--default-preset", help="the preset transcribe uses when none is named (default: balanced)")
     a.add_argument("--rescorer", action="store_true", help="ship the Whisper checkpoint's AR decoder beside it")
+    r = sub.add_parser("rescorer", help="ship a Whisper checkpoint's AR decoder beside an existing model")
+    r.add_argument("whisper", type=Path)
+    r.add_argument("model", type=Path)
+    r.add_argument("--presets", type=Path, help="JSON: the model's decoding presets, written into config.json")
     args = p.parse_args(argv)
+    if args.cmd == "rescorer":
+        print(ship_rescorer(args.whisper, args.model, args.presets))
+        return
     print(extract(args.model, args.out) if args.cmd == "extract"
           else apply(args.whisper, args.delta, args.out, args.presets, default_preset=args.default_preset,
                      rescorer=args.rescorer))

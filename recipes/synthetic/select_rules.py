@@ -32,6 +32,8 @@ VARIANTS = {  # name -> DecodingOptions fields, applied to the same candidates (
     "rescore": {"select": "rescore"},
     "rescore+verify1": {"select": "rescore", "verify": 1.0},
     "rescore+verify0.5": {"select": "rescore", "verify": 0.5},
+    "rescore+verify0.3": {"select": "rescore", "verify": 0.3},
+    "vote+verify0.5": {"select": "vote", "verify": 0.5},
 }
 
 
