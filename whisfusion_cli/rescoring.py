@@ -139,10 +139,12 @@ class Rescorer(nn.Module):
         """The drafts (one id list per window) as the AR decoder accepts them, and the passes made.
 
         A draft token is kept where p_AR(token) >= ratio * p_AR(AR's choice); see the module doc. Each
-        pass reads only what follows the accepted prefix: its keys and values are kept per window.
+        pass reads only what follows the accepted prefix: its keys and values are kept per window. An
+        empty draft stays empty: PDD heard no speech there, where Whisper's decoder, which never ends a
+        transcript before its first token, would write something.
         """
         log_ratio = math.log(ratio) if ratio > 0 else -math.inf
-        states = [_Draft([], [d[:MAX_NEW_TOKENS]]) for d in drafts]
+        states = [_Draft([], [d[:MAX_NEW_TOKENS]], result=None if d else []) for d in drafts]
         passes = 0
         while any(s.result is None for s in states):
             rows = [Row(w, s.accepted + h, len(s.accepted), s.past)

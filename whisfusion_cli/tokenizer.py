@@ -59,7 +59,7 @@ class Tokenizer:
 
     def encode_transcripts(self, texts: Iterable[str]) -> list[list[int]]:
         """Ids of transcripts as the decoder writes them: Whisper's start with a space (" He hoped")."""
-        texts = [" " + t.strip() if self.kind == "whisper" else t for t in texts]
+        texts = [" " + t.strip() if self.kind == "whisper" and t.strip() else t for t in texts]  # "": no ids
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
