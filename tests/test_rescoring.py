@@ -60,7 +60,10 @@ def test_read_matches_a_direct_forward_whatever_the_padding_and_chunking(ar, mon
         assert r.total == pytest.approx(float(want.sum()), abs=1e-4)
 
 
-def test_verify_at_ratio_one_is_whisper_greedy_from_any_draft(ar):
+@pytest.mark.parametrize("head_span", [16, 3, 1])
+def test_verify_at_ratio_one_is_whisper_greedy_from_any_draft(ar, monkeypatch, head_span):
+    """Whatever the draft, and however many positions at a time the head reads (it stops at a rejection)."""
+    monkeypatch.setattr(rescoring, "HEAD_SPAN", head_span)
     dec, rescorer, xa = ar
     want = greedy(dec, xa)
     kv = rescorer.cross_kv(xa)
@@ -70,7 +73,9 @@ def test_verify_at_ratio_one_is_whisper_greedy_from_any_draft(ar):
     assert rescorer.verify(kv, [[], want[1]], 1.0)[0] == [[], want[1]]  # no speech drafted: none written
 
 
-def test_verify_needs_one_pass_per_disagreement(ar):
+@pytest.mark.parametrize("head_span", [16, 2])
+def test_verify_needs_one_pass_per_disagreement(ar, monkeypatch, head_span):
+    monkeypatch.setattr(rescoring, "HEAD_SPAN", head_span)
     dec, rescorer, xa = ar
     want = greedy(dec, xa)
     kv = rescorer.cross_kv(xa)

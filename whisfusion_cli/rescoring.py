@@ -29,10 +29,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .whisper import KVCache, WhisperTextDecoder
+from .whisper import KVCache, WhisperTextDecoder, tied_head
 
 MAX_NEW_TOKENS = 224  # Whisper's sample_len: a verified text is never longer
 LOGITS_BUDGET = 1 << 28  # bytes of fp32 logits one chunk of rows may hold (256 MB)
+HEAD_SPAN = 16  # verification computes the output head this many positions at a time, only for rows
+# not yet rejected: a draft's first disagreement ends what a pass can use (~3 tokens in on average),
+# and the 51,865-way head was most of a pass's work
 
 
 @dataclass(frozen=True)
@@ -83,13 +86,19 @@ class Rescorer(nn.Module):
         return self.decoder.cross_kv(xa)
 
     @torch.inference_mode()
-    def read(self, cross_kv: list[KVCache], rows: list[Row], keep_kv: bool = False) -> list[Reading]:
-        """One teacher-forced pass over the rows, batched in chunks that keep the logits within LOGITS_BUDGET."""
+    def read(self, cross_kv: list[KVCache], rows: list[Row], keep_kv: bool = False,
+             log_ratio: float | None = None) -> list[Reading]:
+        """One teacher-forced pass over the rows, batched in chunks that keep the logits within LOGITS_BUDGET.
+
+        log_ratio: stop reading a row at its first rejected token (log p < best log p + log_ratio), that
+        token included; the head runs HEAD_SPAN positions at a time, for the rows still open."""
         longest = len(self.prompt) + max(len(r.seq) - r.start for r in rows) + 1
         step = max(1, LOGITS_BUDGET // (longest * self.decoder.config.n_vocab * 4))
-        return [x for i in range(0, len(rows), step) for x in self._read_rows(cross_kv, rows[i: i + step], keep_kv)]
+        return [x for i in range(0, len(rows), step)
+                for x in self._read_rows(cross_kv, rows[i: i + step], keep_kv, log_ratio)]
 
-    def _read_rows(self, cross_kv: list[KVCache], rows: list[Row], keep_kv: bool) -> list[Reading]:
+    def _read_rows(self, cross_kv: list[KVCache], rows: list[Row], keep_kv: bool,
+                   log_ratio: float | None) -> list[Reading]:
         """Each row's new inputs (the prompt if nothing is read yet, its last read token, then seq[start:])
         after its past, left-padded to one length C: one causal pass predicts seq[start:] + end-of-text."""
         p, eot, dev = len(self.prompt), self.eot, cross_kv[0][0].device
@@ -109,22 +118,49 @@ class Rescorer(nn.Module):
                 k[i, :, c - cached[i]: c], v[i, :, c - cached[i]: c] = pk, pv
         pick = torch.tensor([r.window for r in rows], device=dev)
         ckv = [(k[pick], v[pick]) for k, v in cross_kv]
-        logits = self.decoder(tokens, ckv, cache, c, positions.clamp(max=self.decoder.config.n_text_ctx - 1),
-                              visible[:, None]).float()  # (n, T, V)
-        logits[..., eot + 1:] = -math.inf  # specials and timestamps are never text
-        first = torch.tensor([lead[i] - rows[i].start for i in range(n)], device=dev)  # predicts seq[0], if read
-        logits[(first >= 0).nonzero()[:, 0], first.clamp(min=0)[first >= 0], eot] = -math.inf  # no empty text
-        logprobs = logits.log_softmax(-1)
+        h = self.decoder(tokens, ckv, cache, c, positions.clamp(max=self.decoder.config.n_text_ctx - 1),
+                         visible[:, None], head=False)  # (n, T, C)
         target = torch.cat([tokens[:, 1:], tokens.new_full((n, 1), eot)], 1)  # (n, T): the next input
-        token_lp = logprobs.gather(-1, target[..., None])[..., 0].tolist()
-        best_lp, best = (t.tolist() for t in logprobs.max(-1))
+        first = [lead[i] - r.start for i, r in enumerate(rows)]  # the position predicting seq[0], if read
+        spans = [(lead[i], lead[i] + len(r.seq) - r.start + 1) for i, r in enumerate(rows)]
+        stats: list[list[list]] = [[[], [], []] for _ in rows]  # per row: token log p, best, best log p
+        step = width if log_ratio is None else HEAD_SPAN
+        open_rows = list(range(n))
+        for a in range(0, width, step):
+            open_rows = [i for i in open_rows if spans[i][1] > a]
+            if not open_rows:
+                break
+            block = self._head_stats(h, target, open_rows, a, min(width, a + step), first)
+            for i, (lp, best, best_lp) in zip(open_rows, block):
+                lo, hi = max(spans[i][0] - a, 0), min(spans[i][1] - a, len(lp))
+                for x, part in zip(stats[i], (lp[lo:hi], best[lo:hi], best_lp[lo:hi])):
+                    x += part
+            if log_ratio is not None:  # a row's first rejection ends its reading
+                for i in open_rows:
+                    bad = next((q for q, (x, y) in enumerate(zip(stats[i][0], stats[i][2])) if x < y + log_ratio), None)
+                    if bad is not None:
+                        stats[i] = [x[: bad + 1] for x in stats[i]]
+                        spans[i] = (spans[i][0], 0)
         out = []
-        for i, r in enumerate(rows):
-            span = slice(lead[i], lead[i] + len(r.seq) - r.start + 1)
+        for i in range(n):
             kv = [(k[i, :, c: c + len(inputs[i])], v[i, :, c: c + len(inputs[i])]) for k, v in cache] \
                 if keep_kv else None
-            out.append(Reading(token_lp[i][span], best[i][span], best_lp[i][span], kv))
+            out.append(Reading(*stats[i], kv))
         return out
+
+    def _head_stats(self, h: Tensor, target: Tensor, idx: list[int], a: int, b: int,
+                    first: list[int]) -> list[tuple[list[float], list[int], list[float]]]:
+        """At positions a..b of rows idx: log p of the next input, the AR's choice and its log p."""
+        eot, dec = self.eot, self.decoder
+        logits = tied_head(dec, h[idx, a:b], dec.embed_tokens.weight, dec.config.n_vocab).float()  # (m, b-a, V)
+        logits[..., eot + 1:] = -math.inf  # specials and timestamps are never text
+        for j, i in enumerate(idx):
+            if a <= first[i] < b:
+                logits[j, first[i] - a, eot] = -math.inf  # no empty text (Whisper's suppress_blank, as `greedy`)
+        logprobs = logits.log_softmax(-1)
+        token_lp = logprobs.gather(-1, target[idx, a:b, None])[..., 0].tolist()
+        best_lp, best = (t.tolist() for t in logprobs.max(-1))
+        return list(zip(token_lp, best, best_lp))
 
     def scores(self, cross_kv: list[KVCache], candidates: list[list[list[int]]]) -> list[list[float]]:
         """log p_AR(candidate + end-of-text) of every window's candidates (id lists), in one pass."""
@@ -149,7 +185,7 @@ class Rescorer(nn.Module):
         while any(s.result is None for s in states):
             rows = [Row(w, s.accepted + h, len(s.accepted), s.past)
                     for w, s in enumerate(states) if s.result is None for h in s.hypotheses]
-            readings = self.read(cross_kv, rows, keep_kv=True)
+            readings = self.read(cross_kv, rows, keep_kv=True, log_ratio=log_ratio)
             passes += 1
             by_window: dict[int, list[tuple[Row, Reading]]] = {}
             for row, reading in zip(rows, readings):

@@ -199,8 +199,9 @@ class WhisperTextDecoder(nn.Module):
         return [(w.new_zeros(shape), w.new_zeros(shape)) for _ in self.layers]
 
     def forward(self, tokens: Tensor, cross_kv: list[KVCache], cache: list[KVCache], offset: int,
-                positions: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """(B, T) token ids written to the cache at offset.. -> (B, T, n_vocab) logits.
+                positions: Tensor | None = None, attn_mask: Tensor | None = None, head: bool = True) -> Tensor:
+        """(B, T) token ids written to the cache at offset.. -> (B, T, n_vocab) logits (head=False: the
+        final-norm states (B, T, C) the head reads, for a caller that needs logits at few positions).
 
         positions (B, T): the tokens' text positions when they differ from offset.. (rows whose cached
         prefixes are left-padded to one length); attn_mask: see DecoderLayer.forward."""
@@ -209,7 +210,8 @@ class WhisperTextDecoder(nn.Module):
         x = self.embed_tokens(tokens) + pos
         for layer, ckv, kv in zip(self.layers, cross_kv, cache):
             x = layer(x, ckv, kv, offset, attn_mask)
-        return tied_head(self, self.layer_norm(x), self.embed_tokens.weight, self.config.n_vocab)
+        x = self.layer_norm(x)
+        return tied_head(self, x, self.embed_tokens.weight, self.config.n_vocab) if head else x
 
 
 class WhisperModel(nn.Module):
