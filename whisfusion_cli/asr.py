@@ -189,8 +189,8 @@ class WhisfusionASR(ASRModel):
         self.stopwatch.lap("decode")
         best, scores = out.best.tolist(), out.candidate_confidence.tolist()  # (B,), (B, k)
         cands, conf = out.candidates.tolist(), out.token_confidence.tolist()  # one copy each to the host
-        texts = [self._texts(cands[i], conf[i], options) for i in range(len(windows))]
-        results = self._results(texts, best, scores, xa, options)
+        ids, texts = zip(*(self._texts(cands[i], conf[i], options) for i in range(len(windows))))
+        results = self._results(list(texts), list(ids), best, scores, xa, options)
         self.stopwatch.lap("decode")
         return results
 
@@ -209,24 +209,29 @@ class WhisfusionASR(ASRModel):
         return eager_decoder(self.net.decoder, self.net.decoder.cross_kv(xa, n_frames), xa.shape[0])
 
     def _texts(self, candidates: list[list[int]], token_conf: list[list[float]],
-               options: DecodingOptions) -> tuple[str, ...]:
-        """A window's k candidates (k, L) and their token probabilities (k, L) -> the k texts.
+               options: DecodingOptions) -> tuple[tuple[list[int], ...], tuple[str, ...]]:
+        """A window's k candidates (k, L) and their token probabilities (k, L) -> the k transcripts' ids
+        and texts.
 
         The k candidates mostly converge to a few distinct ones: each distinct (canvas, which tokens
         are below the dedupe threshold) is turned into text once."""
         eos, limit = self.cfg.eos_id, self.tokenizer.vocab_size
         keys = [(*c, *(q < options.dedupe for q in p)) for c, p in zip(candidates, token_conf)]
-        done: dict[tuple, str] = {}
+        done: dict[tuple, tuple[list[int], str]] = {}
         for key, c, p in zip(keys, candidates, token_conf):
             if key not in done:
-                done[key] = self.tokenizer.decode(canvas_to_ids(c, eos, limit, p, options.dedupe))
-        return tuple(done[key] for key in keys)
+                x = canvas_to_ids(c, eos, limit, p, options.dedupe)
+                done[key] = (x, self.tokenizer.decode(x))
+        ids, texts = zip(*(done[key] for key in keys))
+        return ids, texts
 
-    def _results(self, texts: list[tuple[str, ...]], best: list[int], scores: list[list[float]], xa: Tensor,
-                 options: DecodingOptions) -> list[WindowResult]:
-        """Each window's k texts -> its text by options.select, verified by the AR decoder if options.verify.
+    def _results(self, texts: list[tuple[str, ...]], ids: list[tuple[list[int], ...]], best: list[int],
+                 scores: list[list[float]], xa: Tensor, options: DecodingOptions) -> list[WindowResult]:
+        """Each window's k texts (and their ids) -> its text by options.select, verified by the AR decoder
+        if options.verify.
 
-        best: the most confident candidate per window; scores: all k mean confidences; xa: (B, 1500, C)."""
+        best: the most confident candidate per window; scores: all k mean confidences; xa: (B, 1500, C).
+        n_tokens: the chosen candidate's (the vote's center's) tokens, or the verified text's."""
         ar_kv = self.rescorer.cross_kv(xa) if options.select == "rescore" or options.verify else None
         if options.select == "rescore":
             ar = self.rescored(ar_kv, texts)
@@ -234,12 +239,12 @@ class WhisfusionASR(ASRModel):
         elif options.select in ("consensus", "vote"):  # the consensus is also the vote's center
             best = [consensus(t, s) for t, s in zip(texts, scores)]
         chosen = [vote(t, s, b) if options.select == "vote" else t[b] for t, s, b in zip(texts, scores, best)]
-        passes = 0
+        n_tokens, passes = [len(x[b]) for x, b in zip(ids, best)], 0
         if options.verify:
-            ids, passes = self.rescorer.verify(ar_kv, self.tokenizer.encode_transcripts(chosen), options.verify)
-            chosen = [self.tokenizer.decode(x) for x in ids]
-        return [WindowResult(text, s[b], t, len(self.tokenizer.encode(text)), passes)
-                for text, t, s, b in zip(chosen, texts, scores, best)]
+            verified, passes = self.rescorer.verify(ar_kv, self.tokenizer.encode_transcripts(chosen), options.verify)
+            chosen, n_tokens = [self.tokenizer.decode(x) for x in verified], [len(x) for x in verified]
+        return [WindowResult(text, s[b], t, n, passes)
+                for text, t, s, b, n in zip(chosen, texts, scores, best, n_tokens)]
 
     def rescored(self, ar_kv: list, texts: list[tuple[str, ...]]) -> list[list[float]]:
         """log p_AR(text + end-of-text | audio) of every window's candidate texts, each distinct one read once."""

@@ -24,11 +24,11 @@ import torch
 
 from .asr import ASRModel, WhisfusionASR, WhisperASR
 from .audio import SAMPLE_RATE
-from .config import DecoderConfig, EncoderConfig, WhisfusionConfig, WhisperMDMConfig, WhisperTextConfig
+from .config import DecoderConfig, EncoderConfig, WhisfusionConfig, WhisperTextConfig
 from .model import Whisfusion
 from .rescoring import Rescorer
 from .tokenizer import Tokenizer, train_bpe_tokenizer
-from .whisper import WhisperModel, WhisperTextDecoder
+from .whisper import WhisperModel
 
 TOKENS_PER_SECOND_AR = 3.5  # Whisper tokens per second of read English speech (LibriSpeech ~2.7 words/s)
 
@@ -136,11 +136,10 @@ def shaped_like(model_dir: str | Path, device: torch.device,
     cfg = replace(cfg, presets={n: {k: v for k, v in p.items() if k != "verify"} for n, p in cfg.presets.items()})
     tok = Tokenizer.from_file(path / "tokenizer.json", cfg.tokenizer_kind)
     pdd_asr, ar_asr = _random_pair(cfg, tok, device, dtype, f"random weights shaped like {path.name}")
-    if cfg.rescorer is not None and isinstance(cfg.decoder, WhisperMDMConfig):  # a random one, same cost
-        torch.manual_seed(0)
-        decoder = WhisperTextDecoder(cfg.rescorer)
-        pdd_asr.rescorer = Rescorer(decoder, pdd_asr.net.decoder.embed_tokens, list(cfg.decoder.prefix),
-                                    cfg.eos_id).to(device=device, dtype=dtype).eval()
+    torch.manual_seed(0)
+    rescorer = Rescorer.beside(cfg, pdd_asr.net.decoder)  # a random one, the same cost
+    if rescorer is not None:
+        pdd_asr.rescorer = rescorer.to(device=device, dtype=dtype).eval()
     return pdd_asr, ar_asr
 
 

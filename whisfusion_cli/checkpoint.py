@@ -26,7 +26,7 @@ from .errors import CheckpointError
 from .model import Whisfusion
 from .rescoring import Rescorer
 from .tokenizer import Tokenizer
-from .whisper import WhisperModel, WhisperTextDecoder
+from .whisper import WhisperModel
 
 HUB_FILES = ["config.json", "*.safetensors", "tokenizer.json", "MODEL_CARD.md", "README.md"]
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
@@ -147,11 +147,10 @@ def init_from_whisper(model_dir: Path, max_seq_len: int = 256) -> tuple[Whisfusi
 def load_rescorer(model_dir: Path, model: Whisfusion, cfg: WhisfusionConfig) -> Rescorer | None:
     """The AR decoder a whisper-mdm checkpoint ships beside it (config `rescorer`), on the model's
     embedding, device and dtype; None if it ships none."""
-    if cfg.rescorer is None or not isinstance(cfg.decoder, WhisperMDMConfig):
-        return None
     with torch.device("meta"):
-        decoder = WhisperTextDecoder(cfg.rescorer)
-    rescorer = Rescorer(decoder, model.decoder.embed_tokens, list(cfg.decoder.prefix), cfg.eos_id)
+        rescorer = Rescorer.beside(cfg, model.decoder)
+    if rescorer is None:
+        return None
     rescorer.decoder.load_state_dict(load_weights(model_dir, rescorer=True), strict=True, assign=True)
     param = next(model.parameters())
     return rescorer.to(device=param.device, dtype=param.dtype).eval()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .config import WhisfusionConfig, WhisperMDMConfig
 from .whisper import KVCache, WhisperTextDecoder, tied_head
 
 MAX_NEW_TOKENS = 224  # Whisper's sample_len: a verified text is never longer
@@ -81,6 +82,14 @@ class Rescorer(nn.Module):
         object.__setattr__(decoder, "embed_tokens", embedding)  # shared, not a parameter of this module
         self.decoder, self.prompt, self.eot = decoder, list(prompt), eot
 
+    @classmethod
+    def beside(cls, cfg: WhisfusionConfig, decoder: nn.Module) -> Rescorer | None:
+        """The AR decoder (initialised as nn.Module does; load weights into `.decoder`) that a model of
+        `cfg` ships (config `rescorer`) over its whisper-mdm `decoder`'s embedding; None if it ships none."""
+        if cfg.rescorer is None or not isinstance(cfg.decoder, WhisperMDMConfig):
+            return None
+        return cls(WhisperTextDecoder(cfg.rescorer), decoder.embed_tokens, list(cfg.decoder.prefix), cfg.eos_id)
+
     def cross_kv(self, xa: Tensor) -> list[KVCache]:
         """Per block, keys and values of B windows' encoder states (B, 1500, C): once per batch."""
         return self.decoder.cross_kv(xa)
@@ -99,8 +108,37 @@ class Rescorer(nn.Module):
 
     def _read_rows(self, cross_kv: list[KVCache], rows: list[Row], keep_kv: bool,
                    log_ratio: float | None) -> list[Reading]:
-        """Each row's new inputs (the prompt if nothing is read yet, its last read token, then seq[start:])
-        after its past, left-padded to one length C: one causal pass predicts seq[start:] + end-of-text."""
+        """Each row's new inputs after its past (`_forward`), then the head's statistics at every position
+        its reading covers, seq[start:] + end-of-text: all at once, or with `log_ratio` HEAD_SPAN positions
+        at a time for the rows not yet rejected."""
+        h, target, first, spans, kv = self._forward(cross_kv, rows, keep_kv)
+        width = h.shape[1]
+        stats: list[list[list]] = [[[], [], []] for _ in rows]  # per row: token log p, best, best log p
+        step = width if log_ratio is None else HEAD_SPAN
+        open_rows = list(range(len(rows)))
+        for a in range(0, width, step):
+            open_rows = [i for i in open_rows if spans[i][1] > a]
+            if not open_rows:
+                break
+            block = self._head_stats(h, target, open_rows, a, min(width, a + step), first)
+            for i, (lp, best, best_lp) in zip(open_rows, block):
+                lo, hi = max(spans[i][0] - a, 0), min(spans[i][1] - a, len(lp))
+                for x, part in zip(stats[i], (lp[lo:hi], best[lo:hi], best_lp[lo:hi])):
+                    x += part
+                run = len(stats[i][0]) if log_ratio is None else _accepted_run(stats[i][0], stats[i][2], log_ratio)
+                if run < len(stats[i][0]):  # a row's first rejection ends its reading, that token included
+                    stats[i] = [x[: run + 1] for x in stats[i]]
+                    spans[i] = (spans[i][0], 0)
+        return [Reading(*stat, kv[i] if keep_kv else None) for i, stat in enumerate(stats)]
+
+    def _forward(self, cross_kv: list[KVCache], rows: list[Row], keep_kv: bool) -> tuple[
+            Tensor, Tensor, list[int], list[tuple[int, int]], list[list[KVCache]]]:
+        """One causal pass over each row's new inputs (the prompt if nothing is read yet, its last read
+        token, then seq[start:]) after its past, left-padded to one length C.
+
+        Returns the final-norm states (n, T, C), each position's next input (n, T), the position that
+        predicts each row's seq[0] (if read), each row's span of positions to read, and with `keep_kv`
+        each row's keys/values of its new inputs."""
         p, eot, dev = len(self.prompt), self.eot, cross_kv[0][0].device
         inputs = [(self.prompt if r.past is None else [r.seq[r.start - 1] if r.start else self.prompt[-1]])
                   + r.seq[r.start:] for r in rows]
@@ -121,32 +159,11 @@ class Rescorer(nn.Module):
         h = self.decoder(tokens, ckv, cache, c, positions.clamp(max=self.decoder.config.n_text_ctx - 1),
                          visible[:, None], head=False)  # (n, T, C)
         target = torch.cat([tokens[:, 1:], tokens.new_full((n, 1), eot)], 1)  # (n, T): the next input
-        first = [lead[i] - r.start for i, r in enumerate(rows)]  # the position predicting seq[0], if read
+        first = [lead[i] - r.start for i, r in enumerate(rows)]
         spans = [(lead[i], lead[i] + len(r.seq) - r.start + 1) for i, r in enumerate(rows)]
-        stats: list[list[list]] = [[[], [], []] for _ in rows]  # per row: token log p, best, best log p
-        step = width if log_ratio is None else HEAD_SPAN
-        open_rows = list(range(n))
-        for a in range(0, width, step):
-            open_rows = [i for i in open_rows if spans[i][1] > a]
-            if not open_rows:
-                break
-            block = self._head_stats(h, target, open_rows, a, min(width, a + step), first)
-            for i, (lp, best, best_lp) in zip(open_rows, block):
-                lo, hi = max(spans[i][0] - a, 0), min(spans[i][1] - a, len(lp))
-                for x, part in zip(stats[i], (lp[lo:hi], best[lo:hi], best_lp[lo:hi])):
-                    x += part
-            if log_ratio is not None:  # a row's first rejection ends its reading
-                for i in open_rows:
-                    bad = next((q for q, (x, y) in enumerate(zip(stats[i][0], stats[i][2])) if x < y + log_ratio), None)
-                    if bad is not None:
-                        stats[i] = [x[: bad + 1] for x in stats[i]]
-                        spans[i] = (spans[i][0], 0)
-        out = []
-        for i in range(n):
-            kv = [(k[i, :, c: c + len(inputs[i])], v[i, :, c: c + len(inputs[i])]) for k, v in cache] \
-                if keep_kv else None
-            out.append(Reading(*stats[i], kv))
-        return out
+        kv = [[(k[i, :, c: c + len(x)], v[i, :, c: c + len(x)]) for k, v in cache] for i, x in enumerate(inputs)] \
+            if keep_kv else []
+        return h, target, first, spans, kv
 
     def _head_stats(self, h: Tensor, target: Tensor, idx: list[int], a: int, b: int,
                     first: list[int]) -> list[tuple[list[float], list[int], list[float]]]:
@@ -208,7 +225,8 @@ class _Draft:
     def advance(self, tries: list[tuple[Row, Reading]], log_ratio: float, eot: int, n_prompt: int) -> None:
         """Keeps the hypothesis the AR decoder accepts furthest; corrects its first rejected token."""
         start = len(self.accepted)
-        runs = [(_accepted_run(reading, log_ratio), row, reading) for row, reading in tries]
+        runs = [(_accepted_run(reading.token_logprob, reading.best_logprob, log_ratio), row, reading)
+                for row, reading in tries]
         run, row, reading = max(runs, key=lambda x: x[0])  # the first of equals: the plainest guess
         seq = row.seq + [eot]
         j = start + run
@@ -232,10 +250,10 @@ class _Draft:
         self.hypotheses = [g for i, g in enumerate(guesses) if g is not None and g not in guesses[:i]]
 
 
-def _accepted_run(reading: Reading, log_ratio: float) -> int:
+def _accepted_run(token_logprob: list[float], best_logprob: list[float], log_ratio: float) -> int:
     """How many read positions pass, from the first: token log p >= best log p + log ratio."""
     n = 0
-    for lp, best in zip(reading.token_logprob, reading.best_logprob):
+    for lp, best in zip(token_logprob, best_logprob):
         if lp < best + log_ratio:
             break
         n += 1

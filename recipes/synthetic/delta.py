@@ -60,9 +60,7 @@ def apply(whisper_dir: Path, delta_dir: Path, model_dir: Path, presets: Path | N
     model, _, tok = init_from_whisper(whisper_dir)
     cfg = WhisfusionConfig.from_dict(json.loads((delta_dir / "delta-config.json").read_text()))
     if presets is not None:
-        cfg = replace(cfg, presets=json.loads(presets.read_text()))
-        for name in cfg.presets:
-            cfg.decoding_options(name)  # fail now on a bad preset, not in a user's transcribe
+        cfg = _with_presets(cfg, presets)
     if default_preset is not None:
         cfg = replace(cfg, default_preset=default_preset)
         cfg.decoding_options()  # an unknown name fails here
@@ -90,11 +88,18 @@ def ship_rescorer(whisper_dir: Path, model_dir: Path, presets: Path | None = Non
     and, with `presets`, those decoding presets in its config.json."""
     paths = add_rescorer(model_dir, whisper_dir)
     if presets is not None:
-        data = read_config(model_dir) | {"presets": json.loads(presets.read_text())}
-        for name in WhisfusionConfig.from_dict(data).presets:
-            WhisfusionConfig.from_dict(data).decoding_options(name)  # fail now on a bad preset
+        data = read_config(model_dir)
+        data["presets"] = _with_presets(WhisfusionConfig.from_dict(data), presets).presets
         (model_dir / "config.json").write_text(json.dumps(data, indent=2) + "\n")
     return paths
+
+
+def _with_presets(cfg: WhisfusionConfig, presets: Path) -> WhisfusionConfig:
+    """cfg with the decoding presets of a JSON file; a bad preset fails here, not in a user's transcribe."""
+    cfg = replace(cfg, presets=json.loads(presets.read_text()))
+    for name in cfg.presets:
+        cfg.decoding_options(name)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,19 +37,20 @@ VARIANTS = {  # name -> DecodingOptions fields, applied to the same candidates (
 }
 
 
-def decode(data: Path, model: str, preset: str) -> dict[str, list[dict]]:
-    """{split: [{ref, voice, texts, scores, variants: {name: {text, passes}}}]} for every clip of the splits."""
+def decode(data: Path, model: str, preset: str, variants: list[str]) -> dict[str, list[dict]]:
+    """{split: [{ref, voice, texts, scores, variants: {name: {text, passes}}}]} for every clip of the
+    splits; `variants`: the VARIANTS scored too (models with a rescorer)."""
     asr = load_model(model)
     kept: list[dict] = []
     results = asr._results
 
-    def spy(texts, best, scores, xa, options):  # every candidate's text, as decode_windows builds it
+    def spy(texts, ids, best, scores, xa, options):  # every candidate's text, as decode_windows builds it
         out = {"texts": list(texts[0]), "scores": list(scores[0]), "variants": {}}
-        for name, fields in (VARIANTS.items() if asr.rescorer is not None else ()):
-            r = results(texts, best, scores, xa, replace(options, **fields))[0]
+        for name in (variants if asr.rescorer is not None else ()):
+            r = results(texts, ids, best, scores, xa, replace(options, **VARIANTS[name]))[0]
             out["variants"][name] = {"text": r.text, "passes": r.ar_passes}
         kept.append(out)
-        return results(texts, best, scores, xa, options)
+        return results(texts, ids, best, scores, xa, options)
 
     asr._results = spy  # type: ignore[method-assign]
     out: dict[str, list[dict]] = {}
@@ -93,10 +94,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="the AR-decoder rules to score (VARIANTS)")
     args = ap.parse_args()
-    for name in set(VARIANTS) - set(args.variants.split(",")):
-        del VARIANTS[name]
     if not args.candidates.exists():
-        args.candidates.write_text(json.dumps(decode(args.data, args.model, args.preset)))
+        cands = decode(args.data, args.model, args.preset, args.variants.split(","))
+        args.candidates.write_text(json.dumps(cands))
     cands = json.loads(args.candidates.read_text())
     record = {"preset": args.preset, **{split: score(cands[split]) | {"clips": len(cands[split])} for split in SPLITS}}
     print(json.dumps(record, indent=1))
