@@ -89,6 +89,32 @@ def test_verify_needs_one_pass_per_disagreement(ar, monkeypatch, head_span):
         assert rescorer.verify(kv, drafts, 1.0) == (want, 2)
 
 
+def test_verify_resynchronises_a_draft_off_by_several_tokens(ar, monkeypatch):
+    """A draft that wrote three tokens too many, or repeated three, and stops three short of the cap: the
+    first pass finds the error, the second reads the rest in step; the last three tokens cost a pass
+    each but the cap's own (4). Realigned by one token only, as before resynchronisation: 9 and 7."""
+    dec, rescorer, xa = ar
+    want = greedy(dec, xa)
+    kv = rescorer.cross_kv(xa)
+    assert len(want[0]) == N_NEW
+    junk = [t for t in [w[0] for w in want] + [7] if t != want[0][1]][:3]
+    extra = [want[0][:1] + junk + want[0][1:N_NEW - 3], want[1]]
+    repeated = [want[0][:3] + want[0][:3] + want[0][3:N_NEW - 3], want[1]]
+    for drafts in (extra, repeated):
+        got = rescorer.verify(kv, drafts, 1.0)
+        with monkeypatch.context() as m:
+            m.setattr(rescoring, "RESYNC_SPAN", 1)
+            by_one = rescorer.verify(kv, drafts, 1.0)
+        assert got[0] == by_one[0] == want and got[1] == 4 < by_one[1]
+
+
+def test_resync_tries_the_nearest_places_of_the_choice_either_way():
+    draft = [5, 6, 7, 8, 6, 9, 6]
+    assert rescoring.resync(draft, 3, 6) == [4, 3, 5, 2, 7]  # after d, at d, after the 6s at 4, 1, 6
+    assert rescoring.resync(draft, 3, 4) == [4, 3]  # a token the draft lacks: substituted or dropped
+    assert rescoring.resync(draft, 7, 9) == [7, 6]  # past the draft's end: the AR went on; it lagged by two
+
+
 def test_a_lenient_ratio_keeps_the_drafts_likely_tokens(ar):
     dec, rescorer, xa = ar
     want = greedy(dec, xa)

@@ -11,9 +11,10 @@ causal pass scores every position of a given transcript), so it serves PDD in tw
 - **Verification** (`DecodingOptions.verify = r`): speculative decoding with PDD as the drafter
   (Leviathan et al., 2023; Chen et al., 2023). One pass reads the draft; the first token whose
   probability is below r times that of the AR decoder's own choice there is replaced by that
-  choice, and the draft's rest, realigned three ways (the draft had substituted, dropped or inserted
-  a token there), is read again in the next pass, all in one batch. When every token passes, the
-  text is final. With r = 1 the result is Whisper's greedy transcript exactly (its argmax at every
+  choice, and the draft's rest, realigned (the draft had substituted or dropped a token there) and
+  resynchronised (it goes on after the nearest places where it has the AR's choice: it ran ahead or
+  behind by one or more tokens), is read again in the next pass, all in one batch. When every token
+  passes, the text is final. With r = 1 the result is Whisper's greedy transcript exactly (its argmax at every
   position), in (disagreements + 1) passes instead of one per token; r < 1 keeps the draft's
   token wherever the AR decoder finds it nearly as likely as its own.
 
@@ -24,7 +25,7 @@ the draft's unverified rest (rows left-padded to one cached length, one batch fo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,8 @@ from .whisper import KVCache, WhisperTextDecoder, tied_head
 
 MAX_NEW_TOKENS = 224  # Whisper's sample_len: a verified text is never longer
 LOGITS_BUDGET = 1 << 28  # bytes of fp32 logits one chunk of rows may hold (256 MB)
+RESYNC_SPAN = 16  # after a rejection, the draft is searched this far either way for the AR decoder's choice
+RESYNC_TRIES = 3  # and the rest read after that many of its nearest occurrences
 HEAD_SPAN = 16  # verification computes the output head this many positions at a time, only for rows
 # not yet rejected: a draft's first disagreement ends what a pass can use (~3 tokens in on average),
 # and the 51,865-way head was most of a pass's work
@@ -197,11 +200,11 @@ class Rescorer(nn.Module):
         transcript before its first token, would write something.
         """
         log_ratio = math.log(ratio) if ratio > 0 else -math.inf
-        states = [_Draft([], [d[:MAX_NEW_TOKENS]], result=None if d else []) for d in drafts]
+        states = [_Draft(d[:MAX_NEW_TOKENS], result=None if d else []) for d in drafts]
         passes = 0
         while any(s.result is None for s in states):
-            rows = [Row(w, s.accepted + h, len(s.accepted), s.past)
-                    for w, s in enumerate(states) if s.result is None for h in s.hypotheses]
+            rows = [Row(w, s.accepted + s.draft[h:], len(s.accepted), s.past)
+                    for w, s in enumerate(states) if s.result is None for h in s.starts]
             readings = self.read(cross_kv, rows, keep_kv=True, log_ratio=log_ratio)
             passes += 1
             by_window: dict[int, list[tuple[Row, Reading]]] = {}
@@ -214,20 +217,21 @@ class Rescorer(nn.Module):
 
 @dataclass
 class _Draft:
-    """One window's verification: the accepted prefix, the keys/values of what it has read, and the
-    hypotheses for the rest of the draft."""
+    """One window's verification: the draft, the accepted prefix, the keys/values of what it has read,
+    and the hypotheses for the rest (the draft from each of `starts` on)."""
 
-    accepted: list[int]
-    hypotheses: list[list[int]]
+    draft: list[int]
+    accepted: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=lambda: [0])
     past: list[KVCache] | None = None
     result: list[int] | None = None
 
     def advance(self, tries: list[tuple[Row, Reading]], log_ratio: float, eot: int, n_prompt: int) -> None:
         """Keeps the hypothesis the AR decoder accepts furthest; corrects its first rejected token."""
         start = len(self.accepted)
-        runs = [(_accepted_run(reading.token_logprob, reading.best_logprob, log_ratio), row, reading)
-                for row, reading in tries]
-        run, row, reading = max(runs, key=lambda x: x[0])  # the first of equals: the plainest guess
+        runs = [(_accepted_run(reading.token_logprob, reading.best_logprob, log_ratio), h, row, reading)
+                for h, (row, reading) in zip(self.starts, tries)]
+        run, h, row, reading = max(runs, key=lambda x: x[0])  # the first of equals: the plainest guess
         seq = row.seq + [eot]
         j = start + run
         if j == len(seq):  # every token passed, end-of-text included
@@ -245,9 +249,16 @@ class _Draft:
         new = [(k[:, :read].clone(), v[:, :read].clone()) for k, v in reading.kv or []]  # not the pass's cache
         self.past = new if self.past is None else [(torch.cat([pk, k], 1), torch.cat([pv, v], 1))
                                                    for (pk, pv), (k, v) in zip(self.past, new)]
-        left = seq[j:-1]  # the draft from the rejected token on
-        guesses = [left[1:], left, left[2:] if len(left) > 1 and left[1] == choice else None]
-        self.hypotheses = [g for i, g in enumerate(guesses) if g is not None and g not in guesses[:i]]
+        self.starts = resync(self.draft, h + run, choice)
+
+
+def resync(draft: list[int], d: int, choice: int) -> list[int]:
+    """Where the draft may go on after the AR decoder wrote `choice` in place of draft[d] (d = len(draft):
+    its end): after d (a substituted token), at d (a dropped one), or after the RESYNC_TRIES places nearest
+    d, within RESYNC_SPAN, where the draft has `choice` (it ran that many tokens ahead or behind)."""
+    near = sorted((m for m in range(max(0, d - RESYNC_SPAN), min(len(draft), d + RESYNC_SPAN + 1))
+                   if draft[m] == choice), key=lambda m: abs(m - d))[:RESYNC_TRIES]
+    return list(dict.fromkeys([min(d + 1, len(draft)), d] + [m + 1 for m in near]))
 
 
 def _accepted_run(token_logprob: list[float], best_logprob: list[float], log_ratio: float) -> int:
