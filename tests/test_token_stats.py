@@ -92,7 +92,8 @@ def test_triton_kernel_matches_torch_on_cuda(dtype):
     assert (ids[1::3] != ids[::3]).any()  # the others sample
     spelled = choose_tokens(logits[rows].contiguous(), sample=True, k=3,
                             generator=torch.Generator(device="cuda").manual_seed(0))
-    assert torch.equal(ids, spelled[0]) and torch.equal(probs, spelled[1])  # a row map reads the same values
+    assert torch.equal(ids, spelled[0])  # a row map reads the same values (the padded rows' other stride
+    assert torch.allclose(probs, spelled[1], rtol=1e-5, atol=0)  # may order the block sums otherwise)
     again = choose_tokens(logits, rows, sample=True, k=3, generator=torch.Generator(device="cuda").manual_seed(0))
     assert torch.equal(ids, again[0])  # seeded: reproducible
     greedy_ids, greedy_probs = choose_tokens(logits, rows)

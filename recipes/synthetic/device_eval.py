@@ -38,6 +38,8 @@ SETTINGS = {
     "balanced-8step": ("balanced", {"steps": 8, "schedule": (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.2, 0.1)}),
     "fast-6step": ("fast", {"steps": 6, "schedule": (1.0, 0.7, 0.5, 0.3, 0.2, 0.1)}),
     "greedy-1step": ("accurate", {"k": 1, "steps": 1, "schedule": (1.0,)}),
+    # with a rescorer (Whisper's AR decoder beside the model): verification's threshold r
+    "accurate-verify0.3": ("accurate", {"verify": 0.3}), "accurate-verify1": ("accurate", {"verify": 1.0}),
 }
 
 

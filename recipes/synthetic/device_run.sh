@@ -9,10 +9,14 @@
 #   recipes/synthetic/device_run.sh poll SECONDS   # wait, then show progress
 #   recipes/synthetic/device_run.sh eval OUT       # WER tables + the trained delta into OUT
 # The second run (going on from the bundled model on fresh texts; .carry1-5 from pack_carries.sh):
-#   recipes/synthetic/device_run.sh synth2         # 14 workers, other texts, the same held-out sets
+#   recipes/synthetic/device_run.sh synth2 [N]     # 14 workers, text stream N (2), the same held-out sets
 #   recipes/synthetic/device_run.sh go-on MINUTES  # train from $S/model, then evaluate + extract by itself
 #   recipes/synthetic/device_run.sh poll SECONDS   # as above, until /tmp/out/DONE
 #   recipes/synthetic/device_run.sh fetch OUT      # the records and the delta into OUT
+# Beside them: the CUDA-only tests, and the benches of the staged model (random weights of its shape, then
+# its real weights on the 4 real clips, verification included) into OUT:
+#   recipes/synthetic/device_run.sh cudatest
+#   recipes/synthetic/device_run.sh bench OUT
 set -e
 S=/tmp/stage
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
@@ -48,7 +52,7 @@ train)
     > /tmp/runC.log 2>&1 < /dev/null &
   sleep 60; tail -n 3 /tmp/run?.log ;;
 synth2)
-  start_synth 14 20 --text-stream 2 ;;
+  start_synth 14 20 --text-stream "${2:-2}" ;;
 go-on)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site $S/whl/*.whl
   rm -rf /tmp/repo/whisfusion_cli /tmp/repo/recipes && cp -r "$REPO"/whisfusion_cli "$REPO"/recipes /tmp/repo/
@@ -57,11 +61,18 @@ go-on)
   E="recipes/synthetic/device_eval.py --data /tmp/synth --splits test_voices val --npy $S/real --limit 128"
   setsid nohup bash -c "python3 recipes/synthetic/stream_train.py --data /tmp/synth --init $S/model \
       --out /tmp/runB --minutes $2 --stage1-frac 0.5 --lr 7e-5 --lr2 4e-5 --fresh 0.5 --snapshot-minutes 8 \
-    && python3 $E --models /tmp/runB/model --settings fast balanced accurate accurate-12step greedy-1step \
-      --out /tmp/out/eval_go_on.json && python3 $E --models $S/model --settings accurate \
+    && cp $S/model/rescorer-* /tmp/runB/model/ \
+    && python3 $E --models /tmp/runB/model --settings fast accurate accurate-verify0.3 accurate-verify1 greedy-1step \
+      --out /tmp/out/eval_go_on.json && python3 $E --models $S/model --settings fast accurate \
       --out /tmp/out/eval_before.json && python3 recipes/synthetic/delta.py extract /tmp/runB/model /tmp/out/delta; \
     cp /tmp/runB/log.jsonl /tmp/out/train_log.jsonl; touch /tmp/out/DONE" > /tmp/runB.log 2>&1 < /dev/null &
   sleep 45; tail -n 3 /tmp/runB.log ;;
+cudatest)
+  cd "$REPO" && PYTHONPATH="$REPO":/tmp/site python3 -m pytest -q -m requires_cuda -p no:cacheprovider --continue-on-collection-errors tests 2>&1 | tail -n 25 ;;
+bench)
+  mkdir -p "$2" && cd "$REPO" && export PYTHONPATH="$REPO":/tmp/site
+  python3 benchmarks/bench_gpu.py --shape-of $S/model --variants graphs --long-form 10 --out "$2/shape"
+  python3 benchmarks/bench_real.py --model $S/model --clips $S/real --out "$2/bench_real.json" ;;
 fetch)
   mkdir -p "$2" && cp -r /tmp/out/. "$2"/ && ls -la "$2" ;;
 poll)

@@ -2,13 +2,13 @@
 # Packs what a device lease needs into git-ignored folders of < 64 MiB each (one per `run` call,
 # named in `carry`): .carry1-2 the TTS .debs (foreign MBROLA voices left out), the books, the TTS
 # scripts and the evaluation transcripts (8-gram filter); .carry3-5 the model to go on training
-# (its ~15 MB shards), the wheels the machine lacks (.whl) and the 4 real clips as fp16 .npy.
+# (its ~15 MB shards, .carry6 the rest), the wheels the machine lacks (.whl) and the 4 real clips as fp16 .npy.
 #   recipes/synthetic/pack_carries.sh DEBS_DIR MODEL_DIR WHEELS_DIR
 set -e
 DEBS=$1 MODEL=$2 WHEELS=$3
 SHARED=$(cd "$(dirname "$0")/../../../shared" && pwd)
 EV=$SHARED/data/librispeech-sample/LibriSpeech
-rm -rf .carry1 .carry2 .carry3 .carry4 .carry5 && mkdir -p .carry{1,2}/debs .carry{3,4,5}/model .carry2/evaltrans
+rm -rf .carry? && mkdir -p .carry{1,2}/debs .carry{3,4,5,6}/model .carry2/evaltrans
 i=0
 for f in $(ls -S "$DEBS"/*.deb | grep -v -E 'mbrola-(nl|de|sw|hu|af|gr|fr|pl|ro)[0-9]'); do
   [ $(du -sm .carry1 | cut -f1) -lt 52 ] && cp "$f" .carry1/debs/ || cp "$f" .carry2/debs/
