@@ -287,3 +287,24 @@ def test_cuda_padded_head_and_graphed_encoder_match_plain():
             mel = torch.randn(2, pdd_asr.n_mels, 3000, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
             assert torch.allclose(graphed(mel), pdd_asr.net.encoder(mel), atol=1e-4)
     assert len(graphed.graphs) == 1
+
+
+def test_bench_verify_script_times_every_pass_to_the_cap(tmp_path, one_thread, monkeypatch):
+    """benchmarks/bench_verify.py on CPU: random drafts at r = 1 are corrected one token per pass, so
+    every run makes exactly the capped number of passes, whatever the windows."""
+    import importlib.util
+    from pathlib import Path
+
+    from whisfusion_cli import rescoring
+    from whisfusion_cli.cli import default_model
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_verify.py"
+    spec = importlib.util.spec_from_file_location("bench_verify", script)
+    bench_verify = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_verify)
+    monkeypatch.setattr(rescoring, "MAX_NEW_TOKENS", rescoring.MAX_NEW_TOKENS)  # the script sets the cap
+    bench_verify.main(["--shape-of", default_model(), "--windows", "1,2", "--max-new-tokens", "3",
+                       "--repeats", "1", "--device", "cpu", "--out", str(tmp_path / "v.json")])
+    d = json.loads((tmp_path / "v.json").read_text())
+    assert [(r["windows"], r["passes"]) for r in d["rows"]] == [(1, 3), (2, 3)]
+    assert all(r["ms_per_pass"] > 0 for r in d["rows"]) and d["meta"]["gpu"] == "cpu"

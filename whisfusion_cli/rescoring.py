@@ -154,9 +154,9 @@ class Rescorer(nn.Module):
         visible = (keys >= c - torch.tensor(cached, device=dev)[:, None])[:, None, :] & \
             (keys <= c + torch.arange(width, device=dev)[:, None])  # (n, T, C + T): own past, causal
         cache = self.decoder.new_cache(n, c + width)
-        for i, r in enumerate(rows):
-            for (k, v), (pk, pv) in zip(cache, r.past or []):  # left-padded past
-                k[i, :, c - cached[i]: c], v[i, :, c - cached[i]: c] = pk, pv
+        for i, j in _runs(rows):  # rows i..j-1 share one past (a window's hypotheses): one copy each, left-padded
+            for (k, v), (pk, pv) in zip(cache, rows[i].past or []):
+                k[i:j, :, c - cached[i]: c], v[i:j, :, c - cached[i]: c] = pk, pv
         pick = torch.tensor([r.window for r in rows], device=dev)
         ckv = [(k[pick], v[pick]) for k, v in cross_kv]
         h = self.decoder(tokens, ckv, cache, c, positions.clamp(max=self.decoder.config.n_text_ctx - 1),
@@ -246,9 +246,9 @@ class _Draft:
             self.result = self.accepted
             return
         read = (n_prompt - 1 if self.past is None else 0) + run + 1  # new inputs now behind the prefix
-        new = [(k[:, :read].clone(), v[:, :read].clone()) for k, v in reading.kv or []]  # not the pass's cache
-        self.past = new if self.past is None else [(torch.cat([pk, k], 1), torch.cat([pv, v], 1))
-                                                   for (pk, pv), (k, v) in zip(self.past, new)]
+        new = [(k[:, :read], v[:, :read]) for k, v in reading.kv or []]  # copied: not the pass's cache
+        self.past = [(k.clone(), v.clone()) for k, v in new] if self.past is None else \
+            [(torch.cat([pk, k], 1), torch.cat([pv, v], 1)) for (pk, pv), (k, v) in zip(self.past, new)]
         self.starts = resync(self.draft, h + run, choice)
 
 
@@ -259,6 +259,12 @@ def resync(draft: list[int], d: int, choice: int) -> list[int]:
     near = sorted((m for m in range(max(0, d - RESYNC_SPAN), min(len(draft), d + RESYNC_SPAN + 1))
                    if draft[m] == choice), key=lambda m: abs(m - d))[:RESYNC_TRIES]
     return list(dict.fromkeys([min(d + 1, len(draft)), d] + [m + 1 for m in near]))
+
+
+def _runs(rows: list[Row]) -> list[tuple[int, int]]:
+    """(i, j): maximal runs of consecutive rows with the same past (the same object)."""
+    edges = [i for i in range(1, len(rows)) if rows[i].past is not rows[i - 1].past]
+    return list(zip([0] + edges, edges + [len(rows)]))
 
 
 def _accepted_run(token_logprob: list[float], best_logprob: list[float], log_ratio: float) -> int:
