@@ -13,24 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from whisfusion_cli.asr import WhisperASR, load_model
 from whisfusion_cli.audio import SAMPLE_RATE
+from whisfusion_cli.bench import median_ms
 from whisfusion_cli.wer import normalize, word_errors
 from whisfusion_cli.whisper import WhisperModel
 
 
 def whisper_base_of(asr) -> WhisperASR:
     """Whisper base itself: the model's frozen encoder + its rescorer (Whisper's decoder, shared embedding)."""
-    net = WhisperModel.__new__(WhisperModel)
-    nn.Module.__init__(net)
+    with torch.device("meta"):  # the shell only: both parts are the model's own modules
+        net = WhisperModel(asr.cfg.encoder, asr.cfg.rescorer)
     net.encoder, net.decoder = asr.net.encoder, asr.rescorer.decoder
     return WhisperASR(net, asr.tokenizer, "whisper-base (the model's encoder + rescorer)")
 
@@ -48,16 +47,10 @@ def utterances(clips: dict[str, np.ndarray], refs: dict[str, str]) -> list[tuple
 
 
 def time_one(asr, audio: np.ndarray, options, repeats: int) -> tuple[float, object]:
-    sync = torch.cuda.synchronize if asr.device.type == "cuda" else (lambda: None)
-    walls, res = [], None
-    for i in range(repeats + 2):
-        sync()
-        t0 = time.perf_counter()
-        res = asr.decode_windows([audio], options)[0]
-        sync()
-        if i >= 2:
-            walls.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(walls), res
+    """Median end-to-end ms of one utterance after 2 warm-ups (`bench.median_ms`), and its result."""
+    results = []
+    ms = median_ms(lambda: results.append(asr.decode_windows([audio], options)[0]), asr, repeats, 2)["total_ms"]
+    return ms, results[-1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,12 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     long = []
     for name, engine, options in engines:
         for i in range(2):  # the first warms up
-            if engine.device.type == "cuda":
-                torch.cuda.synchronize()
+            engine.stopwatch.sync()
             t0 = time.perf_counter()
             engine.transcribe(tiled, None if options is None else name)
-            if engine.device.type == "cuda":
-                torch.cuda.synchronize()
+            engine.stopwatch.sync()
             wall = time.perf_counter() - t0
         long.append({"engine": name, "audio_s": round(len(tiled) / SAMPLE_RATE, 1), "wall_s": round(wall, 3),
                      "rtfx": round(len(tiled) / SAMPLE_RATE / wall, 1)})

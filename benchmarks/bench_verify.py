@@ -22,18 +22,18 @@ from whisfusion_cli import rescoring
 from whisfusion_cli.bench import shaped_like
 
 
-def time_passes(rescorer, n_windows: int, tokens: int, repeats: int, device: torch.device) -> dict:
-    g = torch.Generator().manual_seed(n_windows)
-    xa = torch.randn(n_windows, 1500, rescorer.decoder.layers[0].encoder_attn.k_proj.in_features, generator=g)
-    kv = rescorer.cross_kv(xa.to(device=device, dtype=next(rescorer.parameters()).dtype))
+def time_passes(asr, n_windows: int, tokens: int, repeats: int) -> dict:
+    """Median ms per pass of verifying `n_windows` random drafts of `tokens` tokens (model `asr`'s rescorer)."""
+    rescorer, g = asr.rescorer, torch.Generator().manual_seed(n_windows)
+    xa = torch.randn(n_windows, asr.cfg.encoder.n_audio_ctx, asr.cfg.encoder.n_audio_state, generator=g)
+    kv = rescorer.cross_kv(xa.to(device=asr.device, dtype=asr.dtype))
     drafts = [torch.randint(0, rescorer.eot, (tokens,), generator=g).tolist() for _ in range(n_windows)]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     per_pass, passes = [], 0
     for i in range(repeats + 1):  # the first warms up
-        sync()
+        asr.stopwatch.sync()
         t0 = time.perf_counter()
         _, passes = rescorer.verify(kv, drafts, 1.0)
-        sync()
+        asr.stopwatch.sync()
         if i:
             per_pass.append((time.perf_counter() - t0) / passes)
     return {"windows": n_windows, "draft_tokens": tokens, "passes": passes,
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     rescoring.MAX_NEW_TOKENS = args.max_new_tokens
     pdd_asr, _ = shaped_like(args.shape_of, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    rows = [time_passes(pdd_asr.rescorer, int(w), args.tokens, args.repeats, device) for w in args.windows.split(",")]
+    rows = [time_passes(pdd_asr, int(w), args.tokens, args.repeats) for w in args.windows.split(",")]
     for row in rows:
         print(json.dumps(row), flush=True)
     meta = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,

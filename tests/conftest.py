@@ -17,6 +17,20 @@ LIBRISPEECH = SHARED / "data" / "librispeech-sample" / "LibriSpeech"
 FETCH = SHARED / "tools" / "fetch_whisper_weights.py"
 
 
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """Loads benchmarks/NAME.py (scripts, not a package) as a module: benchmark_script("bench_gpu")."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture()
 def one_thread():
     """Tiny tensors gain nothing from threads, and spin-waiting threads crawl on a busy machine."""

@@ -188,18 +188,12 @@ def test_bench_command_writes_the_record(tmp_path):
     assert bad.exit_code == 2 and "unknown preset" in bad.output
 
 
-def test_bench_gpu_script_on_a_model_dir(tiny_model, tmp_path, capsys, one_thread):
+def test_bench_gpu_script_on_a_model_dir(tiny_model, tmp_path, capsys, one_thread, benchmark_script):
     """benchmarks/bench_gpu.py --model on CPU: real model vs a forced random AR decoder on its encoder."""
-    import importlib.util
-    from pathlib import Path
-
     from whisfusion_cli.checkpoint import save_whisfusion
 
     model_dir = save_whisfusion(tiny_model.net, tiny_model.cfg, tiny_model.tokenizer, tmp_path / "model")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_gpu", script)
-    bench_gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_gpu)
+    bench_gpu = benchmark_script("bench_gpu")
     bench_gpu.main(["--out", str(tmp_path / "out"), "--model", str(model_dir), "--device", "cpu",
                     "--variants", "compile", "--repeats", "1", "--presets", "fast", "--durations", "2"])
     for variant in ("compile",):  # on CPU there are no graphs to compile into: the eager decoder
@@ -289,19 +283,13 @@ def test_cuda_padded_head_and_graphed_encoder_match_plain():
     assert len(graphed.graphs) == 1
 
 
-def test_bench_verify_script_times_every_pass_to_the_cap(tmp_path, one_thread, monkeypatch):
+def test_bench_verify_script_times_every_pass_to_the_cap(tmp_path, one_thread, monkeypatch, benchmark_script):
     """benchmarks/bench_verify.py on CPU: random drafts at r = 1 are corrected one token per pass, so
     every run makes exactly the capped number of passes, whatever the windows."""
-    import importlib.util
-    from pathlib import Path
-
     from whisfusion_cli import rescoring
     from whisfusion_cli.cli import default_model
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_verify.py"
-    spec = importlib.util.spec_from_file_location("bench_verify", script)
-    bench_verify = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_verify)
+    bench_verify = benchmark_script("bench_verify")
     monkeypatch.setattr(rescoring, "MAX_NEW_TOKENS", rescoring.MAX_NEW_TOKENS)  # the script sets the cap
     bench_verify.main(["--shape-of", default_model(), "--windows", "1,2", "--max-new-tokens", "3",
                        "--repeats", "1", "--device", "cpu", "--out", str(tmp_path / "v.json")])

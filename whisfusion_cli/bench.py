@@ -143,7 +143,7 @@ def shaped_like(model_dir: str | Path, device: torch.device,
     return pdd_asr, ar_asr
 
 
-def _median_ms(fn: Callable[[], Any], asr: ASRModel, repeats: int, warmup: int) -> dict[str, float]:
+def median_ms(fn: Callable[[], Any], asr: ASRModel, repeats: int, warmup: int) -> dict[str, float]:
     """Median total/encoder/decoder/overhead ms of fn() from the model's stopwatch."""
     for _ in range(warmup):
         fn()
@@ -181,7 +181,7 @@ def latency(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None, opts: Benc
             if isinstance(asr, WhisperASR) and ar_forced:
                 asr.forced_tokens = max(1, round(TOKENS_PER_SECOND_AR * seconds))
             result: list[Any] = []
-            stats = _median_ms(lambda: result.append(asr.decode_windows([clip], dopts)[0]), asr,
+            stats = median_ms(lambda: result.append(asr.decode_windows([clip], dopts)[0]), asr,
                                opts.repeats, opts.warmup)
             tokens = _decoder_tokens(result[-1], seconds, pdd_random and not isinstance(asr, WhisperASR))
             rows.append({"engine": name, "duration_s": seconds, **stats, "decoder_tokens": tokens,
@@ -206,12 +206,12 @@ def length_sweep(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None,
         dopts = pdd_asr.options("accurate")
         for length in opts.canvas_sweep:
             o = replace(dopts, canvas_len=length)
-            stats = _median_ms(lambda: pdd_asr.decode_windows([clip], o), pdd_asr, opts.repeats, opts.warmup)
+            stats = median_ms(lambda: pdd_asr.decode_windows([clip], o), pdd_asr, opts.repeats, opts.warmup)
             rows.append({"engine": "pdd-accurate", "tokens": length, "decoder_ms": stats["decoder_ms"]})
     if ar_asr is not None:
         for n in opts.ar_token_sweep:
             ar_asr.forced_tokens = n
-            stats = _median_ms(lambda: ar_asr.decode_windows([clip]), ar_asr, max(2, opts.repeats // 3), 1)
+            stats = median_ms(lambda: ar_asr.decode_windows([clip]), ar_asr, max(2, opts.repeats // 3), 1)
             rows.append({"engine": "ar-greedy", "tokens": n, "decoder_ms": stats["decoder_ms"]})
         ar_asr.forced_tokens = None
     return rows

@@ -169,10 +169,8 @@ def add_rescorer(model_dir: Path, whisper_dir: Path, max_shard_bytes: int = 15_0
         raise CheckpointError(f"{whisper_dir}: its token embedding is not the model's; it cannot share it")
     for f in model_dir.glob(f"{RESCORER_FILES}*.safetensors"):
         f.unlink()
-    shards = shard_state(state, max_shard_bytes)
-    paths = [model_dir / f"{RESCORER_FILES}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for shard, path in zip(shards, paths):
-        save_file(shard, str(path), metadata={"format": "pt"})
+    paths = write_shards(state, model_dir, RESCORER_FILES, max_shard_bytes)
+    for path in paths:
         path.chmod((model_dir / "config.json").stat().st_mode & 0o666)  # as the model's own files
     data["rescorer"] = asdict(text)
     (model_dir / "config.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -217,6 +215,18 @@ def shard_state(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -> 
     return shards
 
 
+def write_shards(state: dict[str, torch.Tensor], folder: Path, prefix: str,
+                 max_shard_bytes: int | None) -> list[Path]:
+    """Writes `state` as `prefix`.safetensors, or `prefix`-00001-of-0000N.safetensors shards of at most
+    max_shard_bytes each (`shard_state`); returns their paths."""
+    shards = shard_state(state, max_shard_bytes)
+    paths = [folder / (f"{prefix}.safetensors" if len(shards) == 1 else
+                       f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors") for i in range(len(shards))]
+    for shard, path in zip(shards, paths):
+        save_file(shard, str(path), metadata={"format": "pt"})
+    return paths
+
+
 def save_whisfusion(model: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokenizer, out_dir: str | Path,
                     dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> Path:
     """Writes the checkpoint directory atomically (a temp dir renamed into place).
@@ -229,12 +239,9 @@ def save_whisfusion(model: Whisfusion, cfg: WhisfusionConfig, tokenizer: Tokeniz
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
              for k, v in model.state_dict().items()}
-    shards = shard_state(state, max_shard_bytes)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        for i, shard in enumerate(shards):
-            name = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, str(tmp / name), metadata={"format": "pt"})
+        write_shards(state, tmp, "model", max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         tokenizer.save(tmp / "tokenizer.json")
         umask = os.umask(0)

@@ -149,10 +149,10 @@ class Rescorer(nn.Module):
         cached = [0 if r.past is None else r.past[0][0].shape[1] for r in rows]
         n, width, c = len(rows), max(map(len, inputs)), max(cached)
         tokens = torch.tensor([x + [eot] * (width - len(x)) for x in inputs], device=dev)  # (n, T)
-        positions = torch.tensor(cached, device=dev)[:, None] + torch.arange(width, device=dev)  # (n, T)
+        past_len, steps = torch.tensor(cached, device=dev)[:, None], torch.arange(width, device=dev)  # (n, 1), (T,)
+        positions = past_len + steps  # (n, T)
         keys = torch.arange(c + width, device=dev)
-        visible = (keys >= c - torch.tensor(cached, device=dev)[:, None])[:, None, :] & \
-            (keys <= c + torch.arange(width, device=dev)[:, None])  # (n, T, C + T): own past, causal
+        visible = (keys >= c - past_len)[:, None, :] & (keys <= c + steps[:, None])  # (n, T, C + T): own past, causal
         cache = self.decoder.new_cache(n, c + width)
         for i, j in _runs(rows):  # rows i..j-1 share one past (a window's hypotheses): one copy each, left-padded
             for (k, v), (pk, pv) in zip(cache, rows[i].past or []):
