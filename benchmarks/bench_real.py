@@ -6,7 +6,8 @@ DIR/*.npy: 16 kHz clips (e.g. the 4 LibriSpeech clips that `recipes/synthetic/pa
 with transcripts.json). Besides each clip, the clips joined with 0.5 s pauses make ~16 s and ~23 s
 utterances of real speech. Per preset and for the AR baseline (Whisper base's own decoder on the same
 encoder: the model's rescorer), median end-to-end ms of one utterance (CUDA-synchronised, after warm-up),
-the AR passes verification took, WER; then a long file (the clips tiled) transcribed end to end as RTFx.
+the AR passes verification took, WER (`accurate-eager`: accurate with its rescoring and verification
+passes eager instead of CUDA graphs, verify_graphs.py); then a long file (the clips tiled) transcribed end to end as RTFx.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from whisfusion_cli import rescoring
 from whisfusion_cli.asr import WhisperASR, load_model
 from whisfusion_cli.audio import SAMPLE_RATE
 from whisfusion_cli.bench import median_ms
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--clips", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--presets", default="fast,balanced,accurate")
+    ap.add_argument("--presets", default="fast,balanced,accurate,accurate-eager")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--long-form", type=float, default=10.0, help="minutes of the clips tiled")
     args = ap.parse_args(argv)
@@ -66,9 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     ar = whisper_base_of(asr)
     refs = json.loads((args.clips / "transcripts.json").read_text())
     clips = {k: np.load(args.clips / f"{k}.npy").astype(np.float32) for k in refs}
-    engines = [(p, asr, asr.options(p)) for p in args.presets.split(",")] + [("whisper-base", ar, None)]
+    engines = [(p, asr, asr.options(p.removesuffix("-eager"))) for p in args.presets.split(",")] + \
+        [("whisper-base", ar, None)]
     rows = []
     for name, engine, options in engines:
+        rescoring.USE_GRAPHS = not name.endswith("-eager")
         for key, audio, ref in utterances(clips, refs):
             ms, res = time_one(engine, audio, options, args.repeats)
             rows.append({"engine": name, "utterance": key, "audio_s": round(len(audio) / SAMPLE_RATE, 2),
@@ -83,10 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     tiled = np.concatenate(pieces)
     long = []
     for name, engine, options in engines:
+        rescoring.USE_GRAPHS = not name.endswith("-eager")
         for i in range(2):  # the first warms up
             engine.stopwatch.sync()
             t0 = time.perf_counter()
-            engine.transcribe(tiled, None if options is None else name)
+            engine.transcribe(tiled, None if options is None else name.removesuffix("-eager"))
             engine.stopwatch.sync()
             wall = time.perf_counter() - t0
         long.append({"engine": name, "audio_s": round(len(tiled) / SAMPLE_RATE, 1), "wall_s": round(wall, 3),

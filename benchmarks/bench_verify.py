@@ -5,7 +5,9 @@ Random weights of the model in DIR (config.json + tokenizer.json only). Each win
 tokens read at r = 1, so the AR decoder rejects at once and corrects one token per pass: the run makes
 as many passes as the cap allows (`MAX_NEW_TOKENS`), each with the realignment's rows, the kept keys
 and values, and a first rejection near the start, as a real draft's disagreements do. Median ms per
-pass over repeats, CUDA-synchronised; the pass count does not depend on the device.
+pass over repeats, CUDA-synchronised; the pass count does not depend on the device. On CUDA both paths:
+`graphs` (verify_graphs: fixed shapes replayed as CUDA graphs, the default) and `eager` (rows of each
+pass's own shape).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from whisfusion_cli import rescoring
 from whisfusion_cli.bench import shaped_like
 
 
-def time_passes(asr, n_windows: int, tokens: int, repeats: int) -> dict:
+def time_passes(asr, n_windows: int, tokens: int, repeats: int, graphs: bool) -> dict:
     """Median ms per pass of verifying `n_windows` random drafts of `tokens` tokens (model `asr`'s rescorer)."""
+    rescoring.USE_GRAPHS = graphs
     rescorer, g = asr.rescorer, torch.Generator().manual_seed(n_windows)
     xa = torch.randn(n_windows, asr.cfg.encoder.n_audio_ctx, asr.cfg.encoder.n_audio_state, generator=g)
     kv = rescorer.cross_kv(xa.to(device=asr.device, dtype=asr.dtype))
@@ -36,7 +39,8 @@ def time_passes(asr, n_windows: int, tokens: int, repeats: int) -> dict:
         asr.stopwatch.sync()
         if i:
             per_pass.append((time.perf_counter() - t0) / passes)
-    return {"windows": n_windows, "draft_tokens": tokens, "passes": passes,
+    return {"path": "graphs" if graphs and asr.device.type == "cuda" else "eager", "windows": n_windows,
+            "draft_tokens": tokens, "passes": passes,
             "ms_per_pass": round(1000 * statistics.median(per_pass), 3)}
 
 
@@ -53,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     rescoring.MAX_NEW_TOKENS = args.max_new_tokens
     pdd_asr, _ = shaped_like(args.shape_of, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    rows = [time_passes(pdd_asr, int(w), args.tokens, args.repeats) for w in args.windows.split(",")]
+    paths = (True, False) if device.type == "cuda" else (False,)
+    rows = [time_passes(pdd_asr, int(w), args.tokens, args.repeats, g) for g in paths for w in args.windows.split(",")]
     for row in rows:
         print(json.dumps(row), flush=True)
     meta = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from whisfusion_cli import rescoring
+from whisfusion_cli import rescoring, verify_graphs
 from whisfusion_cli.config import WhisperTextConfig
 from whisfusion_cli.rescoring import Rescorer, Row
 from whisfusion_cli.whisper import WhisperTextDecoder
@@ -28,6 +28,15 @@ def ar(one_thread, monkeypatch):
             layer.encoder_attn.out_proj.weight.mul_(20)
     rescorer = Rescorer(copy.deepcopy(dec), dec.embed_tokens, PROMPT, EOT).eval()
     return dec, rescorer, torch.randn(2, 30, 32)
+
+
+@pytest.fixture(params=["eager", "fixed"])
+def verifier(request, ar):
+    """`ar` with its verification eager (rows of each pass's own shape) or in fixed shapes (verify_graphs:
+    the GPU's path, here without graphs)."""
+    if request.param == "fixed":
+        ar[1].fixed = verify_graphs.FixedVerifier(ar[1], graphs=False)
+    return ar
 
 
 def greedy(dec: WhisperTextDecoder, xa: torch.Tensor) -> list[list[int]]:
@@ -61,10 +70,10 @@ def test_read_matches_a_direct_forward_whatever_the_padding_and_chunking(ar, mon
 
 
 @pytest.mark.parametrize("head_span", [16, 3, 1])
-def test_verify_at_ratio_one_is_whisper_greedy_from_any_draft(ar, monkeypatch, head_span):
+def test_verify_at_ratio_one_is_whisper_greedy_from_any_draft(verifier, monkeypatch, head_span):
     """Whatever the draft, and however many positions at a time the head reads (it stops at a rejection)."""
     monkeypatch.setattr(rescoring, "HEAD_SPAN", head_span)
-    dec, rescorer, xa = ar
+    dec, rescorer, xa = verifier
     want = greedy(dec, xa)
     kv = rescorer.cross_kv(xa)
     g = torch.Generator().manual_seed(1)
@@ -74,9 +83,9 @@ def test_verify_at_ratio_one_is_whisper_greedy_from_any_draft(ar, monkeypatch, h
 
 
 @pytest.mark.parametrize("head_span", [16, 2])
-def test_verify_needs_one_pass_per_disagreement(ar, monkeypatch, head_span):
+def test_verify_needs_one_pass_per_disagreement(verifier, monkeypatch, head_span):
     monkeypatch.setattr(rescoring, "HEAD_SPAN", head_span)
-    dec, rescorer, xa = ar
+    dec, rescorer, xa = verifier
     want = greedy(dec, xa)
     kv = rescorer.cross_kv(xa)
     assert all(len(w) >= 4 for w in want)
@@ -89,11 +98,11 @@ def test_verify_needs_one_pass_per_disagreement(ar, monkeypatch, head_span):
         assert rescorer.verify(kv, drafts, 1.0) == (want, 2)
 
 
-def test_verify_resynchronises_a_draft_off_by_several_tokens(ar, monkeypatch):
+def test_verify_resynchronises_a_draft_off_by_several_tokens(verifier, monkeypatch):
     """A draft that wrote three tokens too many, or repeated three, and stops three short of the cap: the
     first pass finds the error, the second reads the rest in step; the last three tokens cost a pass
     each but the cap's own (4). Realigned by one token only, as before resynchronisation: 9 and 7."""
-    dec, rescorer, xa = ar
+    dec, rescorer, xa = verifier
     want = greedy(dec, xa)
     kv = rescorer.cross_kv(xa)
     assert len(want[0]) == N_NEW
@@ -108,6 +117,25 @@ def test_verify_resynchronises_a_draft_off_by_several_tokens(ar, monkeypatch):
         assert got[0] == by_one[0] == want and got[1] == 4 < by_one[1]
 
 
+def test_fixed_shape_passes_too_narrow_for_a_row_read_on_in_the_next(ar, monkeypatch):
+    """A row longer than a pass's width: all it read passes, the next pass goes on after it. Same texts; a
+    draft the AR agrees with costs one pass per width; windows beyond a group run in the next group."""
+    dec, rescorer, xa = ar
+    want = greedy(dec, xa)
+    kv = rescorer.cross_kv(xa)
+    fixed = verify_graphs.FixedVerifier(rescorer, graphs=False)
+    monkeypatch.setattr(verify_graphs, "WIDTHS", (4,))
+    assert len(want[0]) == N_NEW
+    # 11 targets (10 tokens, end-of-text) read by 12 inputs, 4 a pass: the first pass's first input only reads
+    assert fixed.verify([(k[:1], v[:1]) for k, v in kv], want[:1], 1.0) == (want[:1], 3)
+    wrong = [want[0][:2] + want[0][3:], [(want[1][0] + 1) % EOT] + want[1][1:]]
+    assert fixed.verify(kv, wrong, 1.0)[0] == want
+    monkeypatch.setattr(verify_graphs, "MAX_WINDOWS", 1)
+    texts, passes = fixed.verify(kv, want, 1.0)
+    assert texts == want and passes == sum(fixed.verify([(k[i: i + 1], v[i: i + 1]) for k, v in kv], [w], 1.0)[1]
+                                             for i, w in enumerate(want)) > 3  # one by one
+
+
 def test_resync_tries_the_nearest_places_of_the_choice_either_way():
     draft = [5, 6, 7, 8, 6, 9, 6]
     assert rescoring.resync(draft, 3, 6) == [4, 3, 5, 2, 7]  # after d, at d, after the 6s at 4, 1, 6
@@ -115,8 +143,8 @@ def test_resync_tries_the_nearest_places_of_the_choice_either_way():
     assert rescoring.resync(draft, 7, 9) == [7, 6]  # past the draft's end: the AR went on; it lagged by two
 
 
-def test_a_lenient_ratio_keeps_the_drafts_likely_tokens(ar):
-    dec, rescorer, xa = ar
+def test_a_lenient_ratio_keeps_the_drafts_likely_tokens(verifier):
+    dec, rescorer, xa = verifier
     want = greedy(dec, xa)
     kv = rescorer.cross_kv(xa)
     reading = rescorer.read(kv, [Row(0, want[0])])
@@ -137,15 +165,18 @@ def test_a_lenient_ratio_keeps_the_drafts_likely_tokens(ar):
     assert reading[0].best[pos] == want[0][pos]
 
 
-def test_scores_rank_every_windows_candidates(ar):
-    dec, rescorer, xa = ar
+def test_scores_rank_every_windows_candidates(verifier):
+    dec, rescorer, xa = verifier
     want = greedy(dec, xa)
     kv = rescorer.cross_kv(xa)
     garbage = [[(t * 7 + 3) % EOT for t in w] for w in want]
     scores = rescorer.scores(kv, [[garbage[0], want[0]], [want[1]]])
     assert [len(s) for s in scores] == [2, 1]
     assert scores[0][1] > scores[0][0]  # greedy's text is far likelier than a scramble of it
-    assert scores[1][0] == pytest.approx(rescorer.read(kv, [Row(1, want[1])])[0].total)
+    assert scores[1][0] == pytest.approx(rescorer.read(kv, [Row(1, want[1])])[0].total, abs=1e-4)
+    many = [[want[0][:n] for n in range(1, 8)], [want[1]]]  # more candidates than a window's rows: eager
+    assert rescorer.scores(kv, many)[0] == pytest.approx([r.total for r in rescorer.read(kv, [Row(0, c) for c in many[0]])],
+                                                          abs=1e-4)
 
 
 @pytest.mark.slow
@@ -198,3 +229,31 @@ def test_a_read_after_a_cached_prefix_equals_a_read_of_the_whole(ar):
                                                                       (1, seqs[2], 2))):
         assert r.best == full.best[start:]
         assert r.token_logprob == pytest.approx(full.token_logprob[start:], abs=1e-4)
+
+
+@pytest.mark.requires_cuda
+def test_graphed_passes_on_cuda_write_the_eager_texts(ar, monkeypatch):
+    """The CUDA graphs (replayed, their cache carried across passes and calls) verify and score as the
+    eager rows do, for any number of windows (buckets of 1, 2, 4)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    dec, rescorer, xa = ar
+    dec.cuda(), rescorer.cuda()
+    xa = torch.randn(3, 30, 32, generator=torch.Generator().manual_seed(3)).cuda()
+    kv = rescorer.cross_kv(xa)
+    want = greedy(dec, xa)
+    g = torch.Generator().manual_seed(1)
+    graphed = verify_graphs.FixedVerifier(rescorer, graphs=True)
+    for drafts in (want, [w[1:] for w in want], [torch.randint(0, EOT, (n,), generator=g).tolist() for n in (3, 12, 6)]):
+        for n in (1, 2, 3):
+            sub = [(k[:n], v[:n]) for k, v in kv]
+            rescorer.fixed = None
+            monkeypatch.setattr(rescoring, "USE_GRAPHS", False)
+            cands = [[d, w] for d, w in zip(drafts[:n], want)]
+            eager = rescorer.verify(sub, drafts[:n], 1.0), rescorer.verify(sub, drafts[:n], 0.3)
+            eager_scores = sum(rescorer.scores(sub, cands), [])
+            assert eager[0][0] == want[:n]
+            monkeypatch.setattr(rescoring, "USE_GRAPHS", True)
+            assert (graphed.verify(sub, drafts[:n], 1.0), graphed.verify(sub, drafts[:n], 0.3)) == eager
+            assert sum(graphed.scores(sub, cands), []) == pytest.approx(eager_scores, abs=1e-3)
+    assert len(graphed.buffers) == 3 and all(b.graphs for b in graphed.buffers.values())

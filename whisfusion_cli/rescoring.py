@@ -37,6 +37,7 @@ MAX_NEW_TOKENS = 224  # Whisper's sample_len: a verified text is never longer
 LOGITS_BUDGET = 1 << 28  # bytes of fp32 logits one chunk of rows may hold (256 MB)
 RESYNC_SPAN = 16  # after a rejection, the draft is searched this far either way for the AR decoder's choice
 RESYNC_TRIES = 3  # and the rest read after that many of its nearest occurrences
+USE_GRAPHS = True  # verification on CUDA in fixed shapes replayed as CUDA graphs (verify_graphs.py)
 HEAD_SPAN = 16  # verification computes the output head this many positions at a time, only for rows
 # not yet rejected: a draft's first disagreement ends what a pass can use (~3 tokens in on average),
 # and the 51,865-way head was most of a pass's work
@@ -84,6 +85,7 @@ class Rescorer(nn.Module):
         del decoder._modules["embed_tokens"]
         object.__setattr__(decoder, "embed_tokens", embedding)  # shared, not a parameter of this module
         self.decoder, self.prompt, self.eot = decoder, list(prompt), eot
+        self.fixed = None  # verify_graphs.FixedVerifier, made on the first CUDA verification
 
     @classmethod
     def beside(cls, cfg: WhisfusionConfig, decoder: nn.Module) -> Rescorer | None:
@@ -96,6 +98,14 @@ class Rescorer(nn.Module):
     def cross_kv(self, xa: Tensor) -> list[KVCache]:
         """Per block, keys and values of B windows' encoder states (B, 1500, C): once per batch."""
         return self.decoder.cross_kv(xa)
+
+    def _fixed(self, cross_kv: list[KVCache]):  # -> verify_graphs.FixedVerifier | None
+        """The fixed-shape reader: `self.fixed` if set, made on CUDA (graphs) when USE_GRAPHS, else None."""
+        if self.fixed is None and cross_kv[0][0].is_cuda and USE_GRAPHS:
+            from .verify_graphs import FixedVerifier
+
+            self.fixed = FixedVerifier(self, graphs=True)
+        return self.fixed if (self.fixed is not None and (USE_GRAPHS or not self.fixed.use_graphs)) else None
 
     @torch.inference_mode()
     def read(self, cross_kv: list[KVCache], rows: list[Row], keep_kv: bool = False,
@@ -184,6 +194,10 @@ class Rescorer(nn.Module):
 
     def scores(self, cross_kv: list[KVCache], candidates: list[list[list[int]]]) -> list[list[float]]:
         """log p_AR(candidate + end-of-text) of every window's candidates (id lists), in one pass."""
+        fixed = self._fixed(cross_kv)
+        out = fixed.scores(cross_kv, candidates) if fixed is not None else None
+        if out is not None:
+            return out
         rows = [Row(w, c) for w, cands in enumerate(candidates) for c in cands]
         readings = self.read(cross_kv, rows) if rows else []
         out: list[list[float]] = [[] for _ in candidates]
@@ -197,8 +211,12 @@ class Rescorer(nn.Module):
         A draft token is kept where p_AR(token) >= ratio * p_AR(AR's choice); see the module doc. Each
         pass reads only what follows the accepted prefix: its keys and values are kept per window. An
         empty draft stays empty: PDD heard no speech there, where Whisper's decoder, which never ends a
-        transcript before its first token, would write something.
+        transcript before its first token, would write something. On CUDA the passes run in fixed shapes
+        as CUDA graphs (`verify_graphs.FixedVerifier`, the same texts); `self.fixed` set elsewhere uses it too.
         """
+        fixed = self._fixed(cross_kv)
+        if fixed is not None:
+            return fixed.verify(cross_kv, drafts, ratio)
         log_ratio = math.log(ratio) if ratio > 0 else -math.inf
         states = [_Draft(d[:MAX_NEW_TOKENS], result=None if d else []) for d in drafts]
         passes = 0
@@ -211,7 +229,10 @@ class Rescorer(nn.Module):
             for row, reading in zip(rows, readings):
                 by_window.setdefault(row.window, []).append((row, reading))
             for w, tries in by_window.items():
-                states[w].advance(tries, log_ratio, self.eot, len(self.prompt))
+                state = states[w]
+                i, kept = state.advance(tries, log_ratio, self.eot, len(self.prompt))
+                if kept:
+                    state.keep([(k[:, :kept], v[:, :kept]) for k, v in tries[i][1].kv or []])
         return [s.result or [] for s in states], passes
 
 
@@ -225,31 +246,49 @@ class _Draft:
     starts: list[int] = field(default_factory=lambda: [0])
     past: list[KVCache] | None = None
     result: list[int] | None = None
+    cached: int = 0  # inputs read behind the accepted prefix (the prompt's included)
 
-    def advance(self, tries: list[tuple[Row, Reading]], log_ratio: float, eot: int, n_prompt: int) -> None:
-        """Keeps the hypothesis the AR decoder accepts furthest; corrects its first rejected token."""
+    def advance(self, tries: list[tuple[Row, Reading]], log_ratio: float, eot: int, n_prompt: int) -> tuple[int, int]:
+        """Keeps the hypothesis the AR decoder accepts furthest; corrects its first rejected token.
+
+        A reading may stop short of the row's end with every token passed (a fixed-shape pass reads at most
+        its width): the prefix grows by it and that hypothesis goes on. Returns the winner's index in `tries`
+        and how many of its new inputs are now behind the prefix (their keys/values to keep; 0 once final),
+        also added to `self.cached`."""
         start = len(self.accepted)
-        runs = [(_accepted_run(reading.token_logprob, reading.best_logprob, log_ratio), h, row, reading)
-                for h, (row, reading) in zip(self.starts, tries)]
-        run, h, row, reading = max(runs, key=lambda x: x[0])  # the first of equals: the plainest guess
+        lead = n_prompt - 1 if self.cached == 0 else 0  # inputs before the first predicting one
+        runs = [(_accepted_run(reading.token_logprob, reading.best_logprob, log_ratio), i)
+                for i, (_, reading) in enumerate(tries)]
+        run, i = max(runs, key=lambda x: x[0])  # the first of equals: the plainest guess
+        (row, reading), h = tries[i], self.starts[i]
         seq = row.seq + [eot]
         j = start + run
         if j == len(seq):  # every token passed, end-of-text included
             self.result = seq[:-1]
-            return
+            return i, 0
+        if j >= MAX_NEW_TOKENS:
+            self.result = seq[:MAX_NEW_TOKENS]
+            return i, 0
+        if run == len(reading.token_logprob):  # all it read passed, the rest unread: go on from there
+            self.accepted, self.starts = seq[:j], [h + run]
+            self.cached += lead + run  # the input predicting seq[j - 1] included; seq[j - 1] is the next
+            return i, lead + run
         choice = reading.best[run]
-        if choice == eot or j >= MAX_NEW_TOKENS:
-            self.result = seq[:min(j, MAX_NEW_TOKENS)]
-            return
+        if choice == eot:
+            self.result = seq[:j]
+            return i, 0
         self.accepted = seq[:j] + [choice]
         if j + 1 == MAX_NEW_TOKENS:
             self.result = self.accepted
-            return
-        read = (n_prompt - 1 if self.past is None else 0) + run + 1  # new inputs now behind the prefix
-        new = [(k[:, :read], v[:, :read]) for k, v in reading.kv or []]  # copied: not the pass's cache
+            return i, 0
+        self.starts = resync(self.draft, h + run, choice)
+        self.cached += lead + run + 1  # new inputs now behind the prefix
+        return i, lead + run + 1
+
+    def keep(self, new: list[KVCache]) -> None:
+        """Appends the winner's kept keys/values (per block, (H, n, Dh) views of a pass's cache) to `past`."""
         self.past = [(k.clone(), v.clone()) for k, v in new] if self.past is None else \
             [(torch.cat([pk, k], 1), torch.cat([pv, v], 1)) for (pk, pv), (k, v) in zip(self.past, new)]
-        self.starts = resync(self.draft, h + run, choice)
 
 
 def resync(draft: list[int], d: int, choice: int) -> list[int]:

@@ -1,0 +1,239 @@
+"""Verification passes in fixed shapes, replayed as CUDA graphs (the GPU path of `Rescorer.verify`).
+
+An eager pass (rescoring.Rescorer.read) builds its rows, left-padded caches and masks anew each
+time: ~200 small kernels and a host sync per HEAD_SPAN, so on a GPU a pass costs its launches
+(H200, whisper-base: 4.6 ms for one window), not its math. Here every pass has one shape per
+(windows W, width T): W windows x SLOTS hypothesis rows, each reading T inputs after its cached
+prefix, whose keys/values live in one preallocated cache (2 x layers, R = W x SLOTS, H, C_MAX, Dh)
+at their text positions (no padding: a query sees the keys at positions up to its own). A pass
+first gives each row its window's winner's cache (one gather), writes its T new keys/values at
+positions cached..cached+T, and leaves per position the log p of the next input, the AR's choice
+and its log p: one (3, R, T) tensor, one host sync per pass. The acceptance rule is the eager
+one's (`_Draft.advance`), so the texts are the same. A row reads at most T inputs; when all pass
+and the row goes on, the next pass reads on (rare: T grows with the longest unread rest, to T_MAX).
+Without graphs (CPU, tests) the same pass runs eagerly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import rescoring
+from .whisper import KVCache, MultiHeadAttention, tied_head
+
+SLOTS = 2 + rescoring.RESYNC_TRIES  # hypotheses per window after a rejection (rescoring.resync)
+MAX_WINDOWS = 16  # windows per fixed shape; more are verified in groups
+WIDTHS = (16, 32, 64, 128)  # T: inputs a row reads per pass
+POSITION_BUDGET = 8192  # R x T per pass at most (the fp32 logits: 8192 x 51,865 x 4 B = 1.7 GB)
+MAX_SHAPES = 4  # window counts whose buffers and graphs are kept (least recently used evicted)
+
+
+@dataclass
+class _Buffers:
+    """Static tensors of W windows: the graphs' inputs and outputs, read and written in place."""
+
+    cache: Tensor  # (2 x layers, R, H, C_MAX, Dh): keys, values per block
+    cross: list[KVCache]  # per block, the windows' audio keys/values (W, H, S, Dh)
+    inputs: Tensor  # (3, R, T_MAX) long: tokens, next inputs (targets), 1 where end-of-text is barred
+    rows: Tensor  # (2, R) long: cached length, the slot whose cache the row takes first
+    stats: Tensor  # (3, R, T_MAX) float: log p of the target, the AR's choice, its log p
+    graphs: dict[int, torch.cuda.CUDAGraph]  # T -> graph
+
+
+class FixedVerifier:
+    """Verifies drafts like `rescorer.verify` (same texts), in fixed-shape passes; `graphs` captures them."""
+
+    def __init__(self, rescorer: rescoring.Rescorer, graphs: bool):
+        self.rescorer, self.use_graphs = rescorer, graphs
+        self.buffers: OrderedDict[tuple[int, ...], _Buffers] = OrderedDict()
+
+    def verify(self, cross_kv: list[KVCache], drafts: list[list[int]], ratio: float = 1.0) -> tuple[list[list[int]], int]:
+        """As rescoring.Rescorer.verify: the accepted texts and the passes made (summed over groups of windows)."""
+        log_ratio = math.log(ratio) if ratio > 0 else -math.inf
+        texts, passes = [], 0
+        for a in range(0, len(drafts), MAX_WINDOWS):
+            group = [(k[a: a + MAX_WINDOWS], v[a: a + MAX_WINDOWS]) for k, v in cross_kv]
+            t, n = self._verify(group, drafts[a: a + MAX_WINDOWS], log_ratio)
+            texts += t
+            passes += n
+        return texts, passes
+
+    @torch.inference_mode()
+    def scores(self, cross_kv: list[KVCache], candidates: list[list[list[int]]]) -> list[list[float]] | None:
+        """As rescoring.Rescorer.scores (log p_AR(candidate + end-of-text) per window's candidates), in one
+        fixed-shape pass per group of windows; None where a window has more than SLOTS candidates or one is
+        longer than a pass reads (the caller reads them eagerly)."""
+        p, eot = len(self.rescorer.prompt), self.rescorer.eot
+        if any(len(c) > SLOTS for c in candidates) or any(not c for c in candidates):
+            return None
+        out: list[list[float]] = []
+        for a in range(0, len(candidates), MAX_WINDOWS):
+            group = candidates[a: a + MAX_WINDOWS]
+            kv = [(k[a: a + MAX_WINDOWS], v[a: a + MAX_WINDOWS]) for k, v in cross_kv]
+            b = self._buffers(kv, len(group))
+            w_cap = b.cross[0][0].shape[0]
+            need = p + max(len(x) for c in group for x in c)
+            if need > _t_max(w_cap):
+                return None
+            t = next(x for x in WIDTHS if x >= need)
+            for (k, v), (sk, sv) in zip(kv, b.cross):
+                sk[: len(group)], sv[: len(group)] = k, v
+            inputs = [[[eot] * t for _ in range(w_cap * SLOTS)] for _ in range(2)] + \
+                [[[int(i == p - 1) for i in range(t)]] * (w_cap * SLOTS)]
+            for w, cands in enumerate(group):
+                for slot, c in enumerate(cands):
+                    full = self.rescorer.prompt + c + [eot]
+                    inputs[0][w * SLOTS + slot][: len(full) - 1] = full[:-1]
+                    inputs[1][w * SLOTS + slot][: len(full) - 1] = full[1:]
+            rows = torch.tensor([[0] * (w_cap * SLOTS), list(range(w_cap * SLOTS))])
+            lp = self._run(b, torch.tensor(inputs), rows, t)[0].tolist()
+            out += [[sum(lp[w * SLOTS + slot][p - 1: p + len(c)]) for slot, c in enumerate(cands)]
+                    for w, cands in enumerate(group)]
+        return out
+
+    @torch.inference_mode()
+    def _verify(self, cross_kv: list[KVCache], drafts: list[list[int]], log_ratio: float) -> tuple[list[list[int]], int]:
+        states = [rescoring._Draft(d[: rescoring.MAX_NEW_TOKENS], result=None if d else []) for d in drafts]
+        n = len(states)
+        b = self._buffers(cross_kv, n)
+        w_cap = b.cross[0][0].shape[0]
+        for (k, v), (sk, sv) in zip(cross_kv, b.cross):
+            sk[:n], sv[:n] = k, v
+        src, passes = list(range(w_cap * SLOTS)), 0
+        p, eot = len(self.rescorer.prompt), self.rescorer.eot
+        t_max = _t_max(w_cap)
+        while any(s.result is None for s in states):
+            tries = {w: [self._row(s, h, w) for h in s.starts] for w, s in enumerate(states) if s.result is None}
+            need = max(len(full) - 1 for rows in tries.values() for _, full in rows)
+            t = next(x for x in WIDTHS if x >= min(t_max, need))
+            inputs = [[[eot] * t for _ in range(w_cap * SLOTS)] for _ in range(2)] + [[[0] * t] * (w_cap * SLOTS)]
+            cached = [0] * (w_cap * SLOTS)
+            for w, rows in tries.items():
+                for slot in range(SLOTS):
+                    _, full = rows[min(slot, len(rows) - 1)]
+                    r, m = w * SLOTS + slot, min(len(full), t + 1)
+                    inputs[0][r][: m - 1], inputs[1][r][: m - 1] = full[: m - 1], full[1:m]
+                    if states[w].cached == 0:  # no empty text (as Rescorer._head_stats)
+                        inputs[2][r] = [int(i == p - 1) for i in range(t)]
+                    cached[r] = states[w].cached
+            stats = self._run(b, torch.tensor(inputs), torch.tensor([cached, src]), t).tolist()  # one sync
+            passes += 1
+            src = list(range(w_cap * SLOTS))
+            for w, rows in tries.items():
+                lead = p - 1 if states[w].cached == 0 else 0
+                read = [(row, rescoring.Reading(*(x[w * SLOTS + i][lead: min(len(full), t + 1) - 1] for x in stats)))
+                        for i, (row, full) in enumerate(rows)]
+                read = [(row, rescoring.Reading(r.token_logprob, [int(x) for x in r.best], r.best_logprob))
+                        for row, r in read]
+                i, _ = states[w].advance(read, log_ratio, eot, p)
+                src[w * SLOTS: (w + 1) * SLOTS] = [w * SLOTS + i] * SLOTS
+        return [s.result or [] for s in states], passes
+
+    def _row(self, state: rescoring._Draft, h: int, w: int) -> tuple[rescoring.Row, list[int]]:
+        """Hypothesis h's row and its inputs from the last read one on, end-of-text appended (the last target)."""
+        seq, start, prompt = state.accepted + state.draft[h:], len(state.accepted), self.rescorer.prompt
+        head = prompt if state.cached == 0 else [seq[start - 1] if start else prompt[-1]]
+        return rescoring.Row(w, seq, start), head + seq[start:] + [self.rescorer.eot]
+
+    def _run(self, b: _Buffers, inputs: Tensor, rows: Tensor, t: int) -> Tensor:
+        """One pass of width t over the buffers' rows -> stats (3, R, t) on the host."""
+        b.inputs[:, :, :t].copy_(inputs, non_blocking=False)
+        b.rows.copy_(rows)
+        if not self.use_graphs:
+            self._pass(b, t)
+            return b.stats[:, :, :t].cpu()
+        graph = b.graphs.get(t)
+        if graph is None:
+            graph = b.graphs[t] = self._capture(b, t)
+        graph.replay()
+        return b.stats[:, :, :t].cpu()
+
+    def _capture(self, b: _Buffers, t: int) -> torch.cuda.CUDAGraph:
+        saved = b.cache.clone()  # the warm-up passes write the cache: the rows' past must survive them
+        side = torch.cuda.Stream(b.cache.device)
+        side.wait_stream(torch.cuda.current_stream(b.cache.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._pass(b, t)
+        torch.cuda.current_stream(b.cache.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        pool = next(iter(b.graphs.values())).pool() if b.graphs else None
+        with torch.cuda.graph(graph, pool=pool):
+            self._pass(b, t)
+        b.cache.copy_(saved)
+        return graph
+
+    def _buffers(self, cross_kv: list[KVCache], n: int) -> _Buffers:
+        """The static tensors for n windows (rounded up to a power of two) of these audio states' shape."""
+        w_cap = 1 << max(0, n - 1).bit_length()
+        k = cross_kv[0][0]
+        key = (w_cap, *k.shape[1:], k.dtype.itemsize, k.device.index or 0)
+        b = self.buffers.pop(key, None)
+        if b is None:
+            while len(self.buffers) >= MAX_SHAPES:
+                self.buffers.popitem(last=False)
+            dec, r = self.rescorer.decoder, w_cap * SLOTS
+            cfg = dec.config
+            c_max = min(cfg.n_text_ctx, len(self.rescorer.prompt) + rescoring.MAX_NEW_TOKENS + WIDTHS[-1])
+            dh, dev = cfg.n_text_state // cfg.n_text_head, k.device
+            b = _Buffers(k.new_zeros(2 * cfg.n_text_layer, r, cfg.n_text_head, c_max, dh),
+                         [(k.new_zeros(w_cap, *k.shape[1:]), k.new_zeros(w_cap, *k.shape[1:])) for _ in dec.layers],
+                         torch.zeros(3, r, WIDTHS[-1], dtype=torch.long, device=dev),
+                         torch.zeros(2, r, dtype=torch.long, device=dev),
+                         torch.zeros(3, r, WIDTHS[-1], device=dev), {})
+        self.buffers[key] = b
+        return b
+
+    def _pass(self, b: _Buffers, t: int) -> None:
+        """The pass of width t: static inputs -> b.stats[:, :, :t]; no host sync, no allocation that depends on data."""
+        dec, eot = self.rescorer.decoder, self.rescorer.eot
+        cfg = dec.config
+        tokens, target, no_eot = b.inputs[0, :, :t], b.inputs[1, :, :t], b.inputs[2, :, :t].bool()  # (R, t)
+        cached, src = b.rows[0], b.rows[1]  # (R,)
+        b.cache.copy_(b.cache.index_select(1, src))  # each row starts from its window's winner's past
+        r, c_max = tokens.shape[0], b.cache.shape[3]
+        pos = cached[:, None] + torch.arange(t, device=tokens.device)  # (R, t)
+        x = dec.embed_tokens(tokens) + dec.embed_positions.weight[pos.clamp(max=cfg.n_text_ctx - 1)]
+        mask = (torch.arange(c_max, device=tokens.device) <= pos[:, :, None])[:, None]  # (R, 1, t, C): causal
+        at = pos.clamp(max=c_max - 1)[:, None, :, None].expand(r, cfg.n_text_head, t, b.cache.shape[4])
+        for i, layer in enumerate(dec.layers):
+            keys, values = b.cache[2 * i], b.cache[2 * i + 1]  # (R, H, C, Dh)
+            h = layer.self_attn_layer_norm(x)
+            k_new, v_new = layer.self_attn.project_kv(h)  # (R, H, t, Dh)
+            keys.scatter_(2, at, k_new)
+            values.scatter_(2, at, v_new)
+            x = x + layer.self_attn.attend(h, keys, values, attn_mask=mask)
+            x = x + _cross(layer.encoder_attn, layer.encoder_attn_layer_norm(x), *b.cross[i])
+            x = x + layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
+        logits = tied_head(dec, dec.layer_norm(x), dec.embed_tokens.weight, cfg.n_vocab).float()  # (R, t, V)
+        logits[..., eot + 1:] = -math.inf  # specials and timestamps are never text
+        logits[..., eot] = logits[..., eot].masked_fill(no_eot, -math.inf)
+        lse = logits.logsumexp(-1)
+        best_logit, best = logits.max(-1)
+        b.stats[0, :, :t] = logits.gather(-1, target[..., None])[..., 0] - lse
+        b.stats[1, :, :t] = best.float()
+        b.stats[2, :, :t] = best_logit - lse
+
+
+def _cross(attn: MultiHeadAttention, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Cross-attention of R = W x SLOTS rows (R, t, C) to their W windows' audio keys/values (W, H, S, Dh):
+    a window's rows are one query sequence, so no window's states are copied per row."""
+    q = attn.heads(attn.q_proj(x))  # (R, H, t, Dh)
+    r, n_head, t, dh = q.shape
+    w = k.shape[0]
+    q = q.view(w, SLOTS, n_head, t, dh).transpose(1, 2).reshape(w, n_head, SLOTS * t, dh)
+    y = F.scaled_dot_product_attention(q, k, v)  # (W, H, SLOTS x t, Dh)
+    y = y.view(w, n_head, SLOTS, t, dh).transpose(1, 2).reshape(r, n_head, t, dh)
+    return attn.out_proj(y.transpose(1, 2).flatten(2))  # (R, t, C)
+
+
+def _t_max(windows: int) -> int:
+    """The widest pass for this many windows within POSITION_BUDGET (at least the narrowest width)."""
+    fits = [t for t in WIDTHS if windows * SLOTS * t <= POSITION_BUDGET]
+    return fits[-1] if fits else WIDTHS[0]
