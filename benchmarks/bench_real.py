@@ -7,7 +7,7 @@ with transcripts.json). Besides each clip, the clips joined with 0.5 s pauses ma
 utterances of real speech. Per preset and for the AR baseline (Whisper base's own decoder on the same
 encoder: the model's rescorer), median end-to-end ms of one utterance (CUDA-synchronised, after warm-up),
 the AR passes verification took, WER (`accurate-eager`: accurate with its rescoring and verification
-passes eager instead of CUDA graphs, verify_graphs.py); then a long file (the clips tiled) transcribed end to end as RTFx.
+passes eager instead of CUDA graphs, verify_graphs.py; `accurate@0.3`: verified at r = 0.3); then a long file (the clips tiled) transcribed end to end as RTFx.
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ def utterances(clips: dict[str, np.ndarray], refs: dict[str, str]) -> list[tuple
     return out
 
 
+def preset_of(name: str) -> tuple[str, dict]:
+    """An engine name's preset and overrides: `-eager` (AR passes eager, not CUDA graphs), `@R` (verify at r = R)."""
+    preset, _, ratio = name.removesuffix("-eager").partition("@")
+    return preset, ({"verify": float(ratio)} if ratio else {})
+
+
 def time_one(asr, audio: np.ndarray, options, repeats: int) -> tuple[float, object]:
     """Median end-to-end ms of one utterance after 2 warm-ups (`bench.median_ms`), and its result."""
     results = []
@@ -68,11 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     ar = whisper_base_of(asr)
     refs = json.loads((args.clips / "transcripts.json").read_text())
     clips = {k: np.load(args.clips / f"{k}.npy").astype(np.float32) for k in refs}
-    engines = [(p, asr, asr.options(p.removesuffix("-eager"))) for p in args.presets.split(",")] + \
-        [("whisper-base", ar, None)]
+    engines = [(p, asr, *preset_of(p)) for p in args.presets.split(",")] + [("whisper-base", ar, None, {})]
     rows = []
-    for name, engine, options in engines:
+    for name, engine, preset, overrides in engines:
         rescoring.USE_GRAPHS = not name.endswith("-eager")
+        options = None if preset is None else engine.options(preset, **overrides)
         for key, audio, ref in utterances(clips, refs):
             ms, res = time_one(engine, audio, options, args.repeats)
             rows.append({"engine": name, "utterance": key, "audio_s": round(len(audio) / SAMPLE_RATE, 2),
@@ -86,12 +92,12 @@ def main(argv: list[str] | None = None) -> None:
             n += len(clips[k]) + SAMPLE_RATE // 2
     tiled = np.concatenate(pieces)
     long = []
-    for name, engine, options in engines:
+    for name, engine, preset, overrides in engines:
         rescoring.USE_GRAPHS = not name.endswith("-eager")
         for i in range(2):  # the first warms up
             engine.stopwatch.sync()
             t0 = time.perf_counter()
-            engine.transcribe(tiled, None if options is None else name.removesuffix("-eager"))
+            engine.transcribe(tiled, preset, **overrides)
             engine.stopwatch.sync()
             wall = time.perf_counter() - t0
         long.append({"engine": name, "audio_s": round(len(tiled) / SAMPLE_RATE, 1), "wall_s": round(wall, 3),

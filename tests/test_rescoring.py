@@ -136,6 +136,21 @@ def test_fixed_shape_passes_too_narrow_for_a_row_read_on_in_the_next(ar, monkeyp
                                              for i, w in enumerate(want)) > 3  # one by one
 
 
+def test_fixed_shape_windows_move_to_a_smaller_shape_as_they_finish(ar, monkeypatch):
+    """Three windows (shape 4); once two are final the last moves, its winner's cache with it, to shape 1."""
+    dec, rescorer, _ = ar
+    xa = torch.randn(3, 30, 32, generator=torch.Generator().manual_seed(3))
+    kv = rescorer.cross_kv(xa)
+    want = greedy(dec, xa)
+    drafts = [want[0], want[1], [(t + 1) % EOT for t in want[2]]]  # the last is wrong everywhere
+    fixed = verify_graphs.FixedVerifier(rescorer, graphs=False)
+    monkeypatch.setattr(verify_graphs, "MAX_SHAPES", 8)
+    texts, passes = fixed.verify(kv, drafts, 1.0)
+    assert texts == want and passes > 2
+    assert sorted(key[0] for key in fixed.buffers) == [1, 4]
+    assert (texts, passes) == rescorer.verify(kv, drafts, 1.0)  # eager: the same texts and passes
+
+
 def test_resync_tries_the_nearest_places_of_the_choice_either_way():
     draft = [5, 6, 7, 8, 6, 9, 6]
     assert rescoring.resync(draft, 3, 6) == [4, 3, 5, 2, 7]  # after d, at d, after the 6s at 4, 1, 6
@@ -251,9 +266,9 @@ def test_graphed_passes_on_cuda_write_the_eager_texts(ar, monkeypatch):
             monkeypatch.setattr(rescoring, "USE_GRAPHS", False)
             cands = [[d, w] for d, w in zip(drafts[:n], want)]
             eager = rescorer.verify(sub, drafts[:n], 1.0), rescorer.verify(sub, drafts[:n], 0.3)
-            eager_scores = sum(rescorer.scores(sub, cands), [])
+            eager_scores = [x for w in rescorer.scores(sub, cands) for x in w]
             assert eager[0][0] == want[:n]
             monkeypatch.setattr(rescoring, "USE_GRAPHS", True)
             assert (graphed.verify(sub, drafts[:n], 1.0), graphed.verify(sub, drafts[:n], 0.3)) == eager
-            assert sum(graphed.scores(sub, cands), []) == pytest.approx(eager_scores, abs=1e-3)
+            assert [x for w in graphed.scores(sub, cands) for x in w] == pytest.approx(eager_scores, abs=1e-3)
     assert len(graphed.buffers) == 3 and all(b.graphs for b in graphed.buffers.values())

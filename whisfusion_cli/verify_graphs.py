@@ -99,41 +99,66 @@ class FixedVerifier:
 
     @torch.inference_mode()
     def _verify(self, cross_kv: list[KVCache], drafts: list[list[int]], log_ratio: float) -> tuple[list[list[int]], int]:
+        """Passes until every window is final; `live` maps the buffers' windows to the drafts'. When the open
+        windows fit a smaller power of two, they move to that shape's buffers (their winners' caches and audio
+        keys copied once): a batch's last long windows no longer pay for the finished ones' rows."""
         states = [rescoring._Draft(d[: rescoring.MAX_NEW_TOKENS], result=None if d else []) for d in drafts]
-        n = len(states)
-        b = self._buffers(cross_kv, n)
-        w_cap = b.cross[0][0].shape[0]
-        for (k, v), (sk, sv) in zip(cross_kv, b.cross):
-            sk[:n], sv[:n] = k, v
-        src, passes = list(range(w_cap * SLOTS)), 0
+        live = [w for w, s in enumerate(states) if s.result is None]
+        if not live:
+            return [[] for _ in states], 0
+        b, winners, passes = self._move(cross_kv, live, None, []), [0] * len(live), 0
         p, eot = len(self.rescorer.prompt), self.rescorer.eot
-        t_max = _t_max(w_cap)
-        while any(s.result is None for s in states):
-            tries = {w: [self._row(s, h, w) for h in s.starts] for w, s in enumerate(states) if s.result is None}
+        while live:
+            w_cap = b.cross[0][0].shape[0]
+            tries = {i: [self._row(states[w], h, w) for h in states[w].starts] for i, w in enumerate(live)
+                     if states[w].result is None}
             need = max(len(full) - 1 for rows in tries.values() for _, full in rows)
-            t = next(x for x in WIDTHS if x >= min(t_max, need))
+            t = next(x for x in WIDTHS if x >= min(_t_max(w_cap), need))
             inputs = [[[eot] * t for _ in range(w_cap * SLOTS)] for _ in range(2)] + [[[0] * t] * (w_cap * SLOTS)]
-            cached = [0] * (w_cap * SLOTS)
-            for w, rows in tries.items():
+            cached, src = [0] * (w_cap * SLOTS), list(range(w_cap * SLOTS))
+            for i, rows in tries.items():
                 for slot in range(SLOTS):
                     _, full = rows[min(slot, len(rows) - 1)]
-                    r, m = w * SLOTS + slot, min(len(full), t + 1)
+                    r, m = i * SLOTS + slot, min(len(full), t + 1)
                     inputs[0][r][: m - 1], inputs[1][r][: m - 1] = full[: m - 1], full[1:m]
-                    if states[w].cached == 0:  # no empty text (as Rescorer._head_stats)
-                        inputs[2][r] = [int(i == p - 1) for i in range(t)]
-                    cached[r] = states[w].cached
+                    if states[live[i]].cached == 0:  # no empty text (as Rescorer._head_stats)
+                        inputs[2][r] = [int(j == p - 1) for j in range(t)]
+                    cached[r], src[r] = states[live[i]].cached, i * SLOTS + winners[i]
             stats = self._run(b, torch.tensor(inputs), torch.tensor([cached, src]), t).tolist()  # one sync
             passes += 1
-            src = list(range(w_cap * SLOTS))
-            for w, rows in tries.items():
-                lead = p - 1 if states[w].cached == 0 else 0
-                read = [(row, rescoring.Reading(*(x[w * SLOTS + i][lead: min(len(full), t + 1) - 1] for x in stats)))
-                        for i, (row, full) in enumerate(rows)]
-                read = [(row, rescoring.Reading(r.token_logprob, [int(x) for x in r.best], r.best_logprob))
-                        for row, r in read]
-                i, _ = states[w].advance(read, log_ratio, eot, p)
-                src[w * SLOTS: (w + 1) * SLOTS] = [w * SLOTS + i] * SLOTS
+            for i, rows in tries.items():
+                winners[i] = self._advance(states[live[i]], rows, [x[i * SLOTS: (i + 1) * SLOTS] for x in stats],
+                                           t, log_ratio)
+            still = [i for i, w in enumerate(live) if states[w].result is None]
+            if still and _bucket(len(still)) < w_cap:
+                b = self._move(cross_kv, [live[i] for i in still], b, [i * SLOTS + winners[i] for i in still])
+                live, winners = [live[i] for i in still], [0] * len(still)
+            elif not still:
+                live = []
         return [s.result or [] for s in states], passes
+
+    def _advance(self, state: rescoring._Draft, rows: list[tuple[rescoring.Row, list[int]]],
+                 stats: list[list[list[float]]], t: int, log_ratio: float) -> int:
+        """One window's readings (stats: 3 x its SLOTS rows x t) -> state.advance; the winner's slot."""
+        p = len(self.rescorer.prompt)
+        lead = p - 1 if state.cached == 0 else 0
+        read = [(row, rescoring.Reading(stats[0][i][lead: min(len(full), t + 1) - 1],
+                                        [int(x) for x in stats[1][i][lead: min(len(full), t + 1) - 1]],
+                                        stats[2][i][lead: min(len(full), t + 1) - 1]))
+                for i, (row, full) in enumerate(rows)]
+        return state.advance(read, log_ratio, self.rescorer.eot, p)[0]
+
+    def _move(self, cross_kv: list[KVCache], windows: list[int], old: _Buffers | None, rows: list[int]) -> _Buffers:
+        """The buffers for these windows (drafts' indices), their audio keys/values loaded; with `old`, each
+        window's SLOTS rows take the cache of its row `rows[i]` there (its winner)."""
+        b = self._buffers(cross_kv, len(windows))
+        pick = torch.tensor(windows, device=b.cache.device)
+        for (k, v), (sk, sv) in zip(cross_kv, b.cross):
+            sk[: len(windows)], sv[: len(windows)] = k[pick], v[pick]
+        if old is not None:
+            src = torch.tensor([r for r in rows for _ in range(SLOTS)], device=b.cache.device)
+            b.cache[:, : len(src)] = old.cache.index_select(1, src)
+        return b
 
     def _row(self, state: rescoring._Draft, h: int, w: int) -> tuple[rescoring.Row, list[int]]:
         """Hypothesis h's row and its inputs from the last read one on, end-of-text appended (the last target)."""
@@ -171,7 +196,7 @@ class FixedVerifier:
 
     def _buffers(self, cross_kv: list[KVCache], n: int) -> _Buffers:
         """The static tensors for n windows (rounded up to a power of two) of these audio states' shape."""
-        w_cap = 1 << max(0, n - 1).bit_length()
+        w_cap = _bucket(n)
         k = cross_kv[0][0]
         key = (w_cap, *k.shape[1:], k.dtype.itemsize, k.device.index or 0)
         b = self.buffers.pop(key, None)
@@ -231,6 +256,11 @@ def _cross(attn: MultiHeadAttention, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
     y = F.scaled_dot_product_attention(q, k, v)  # (W, H, SLOTS x t, Dh)
     y = y.view(w, n_head, SLOTS, t, dh).transpose(1, 2).reshape(r, n_head, t, dh)
     return attn.out_proj(y.transpose(1, 2).flatten(2))  # (R, t, C)
+
+
+def _bucket(n: int) -> int:
+    """Windows rounded up to a power of two: the shapes captured."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 def _t_max(windows: int) -> int:
