@@ -48,10 +48,11 @@ def utterances(clips: dict[str, np.ndarray], refs: dict[str, str]) -> list[tuple
     return out
 
 
-def preset_of(name: str) -> tuple[str, dict]:
-    """An engine name's preset and overrides: `-eager` (AR passes eager, not CUDA graphs), `@R` (verify at r = R)."""
+def preset_of(name: str) -> tuple[str, dict, bool]:
+    """An engine name's preset, overrides and whether the AR passes run as CUDA graphs: `-eager` (they do not),
+    `@R` (verify at r = R)."""
     preset, _, ratio = name.removesuffix("-eager").partition("@")
-    return preset, ({"verify": float(ratio)} if ratio else {})
+    return preset, ({"verify": float(ratio)} if ratio else {}), not name.endswith("-eager")
 
 
 def time_one(asr, audio: np.ndarray, options, repeats: int) -> tuple[float, object]:
@@ -74,10 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     ar = whisper_base_of(asr)
     refs = json.loads((args.clips / "transcripts.json").read_text())
     clips = {k: np.load(args.clips / f"{k}.npy").astype(np.float32) for k in refs}
-    engines = [(p, asr, *preset_of(p)) for p in args.presets.split(",")] + [("whisper-base", ar, None, {})]
+    engines = [(p, asr, *preset_of(p)) for p in args.presets.split(",")] + [("whisper-base", ar, None, {}, True)]
     rows = []
-    for name, engine, preset, overrides in engines:
-        rescoring.USE_GRAPHS = not name.endswith("-eager")
+    for name, engine, preset, overrides, graphs in engines:
+        rescoring.USE_GRAPHS = graphs
         options = None if preset is None else engine.options(preset, **overrides)
         for key, audio, ref in utterances(clips, refs):
             ms, res = time_one(engine, audio, options, args.repeats)
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             n += len(clips[k]) + SAMPLE_RATE // 2
     tiled = np.concatenate(pieces)
     long = []
-    for name, engine, preset, overrides in engines:
-        rescoring.USE_GRAPHS = not name.endswith("-eager")
+    for name, engine, preset, overrides, graphs in engines:
+        rescoring.USE_GRAPHS = graphs
         for i in range(2):  # the first warms up
             engine.stopwatch.sync()
             t0 = time.perf_counter()

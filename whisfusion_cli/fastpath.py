@@ -158,7 +158,7 @@ class GraphedDecoder:
             for r, p in shapes:
                 self.forward(canvas_s[:r], kv, positions=_positions(canvas_s[:r], p))
 
-        _warm_up(passes, xa.device)
+        warm_up(passes, xa.device)
         kv_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(kv_graph):
             kv: list[KV] = dec.cross_kv(xa_s, nf_s)
@@ -195,7 +195,7 @@ class GraphedEncoder:
         return static_out.clone()
 
     def _capture(self, mel: Tensor) -> tuple[Tensor, torch.cuda.CUDAGraph, Tensor]:
-        _warm_up(lambda: self.encoder(mel), mel.device)
+        warm_up(lambda: self.encoder(mel), mel.device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = self.encoder(mel)
@@ -210,7 +210,7 @@ def graph_shapes(n_windows: int, n_rows: int, canvas_len: int,
     return tuple(sorted({(n_windows, canvas_len), *later}))
 
 
-def _warm_up(fn: Callable[[], object], device: torch.device, times: int = 2) -> None:
+def warm_up(fn: Callable[[], object], device: torch.device, times: int = 2) -> None:
     """Runs fn on a side stream before capture (cuBLAS/SDPA workspaces, compilation), as CUDA graphs require."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))

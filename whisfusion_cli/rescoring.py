@@ -105,7 +105,9 @@ class Rescorer(nn.Module):
             from .verify_graphs import FixedVerifier
 
             self.fixed = FixedVerifier(self, graphs=True)
-        return self.fixed if (self.fixed is not None and (USE_GRAPHS or not self.fixed.use_graphs)) else None
+        if self.fixed is not None and self.fixed.use_graphs and not USE_GRAPHS:
+            return None  # graphs switched off (benchmarks' eager path)
+        return self.fixed
 
     @torch.inference_mode()
     def read(self, cross_kv: list[KVCache], rows: list[Row], keep_kv: bool = False,
@@ -217,8 +219,8 @@ class Rescorer(nn.Module):
         fixed = self._fixed(cross_kv)
         if fixed is not None:
             return fixed.verify(cross_kv, drafts, ratio)
-        log_ratio = math.log(ratio) if ratio > 0 else -math.inf
-        states = [_Draft(d[:MAX_NEW_TOKENS], result=None if d else []) for d in drafts]
+        log_ratio = log_of(ratio)
+        states = [_Draft.of(d) for d in drafts]
         passes = 0
         while any(s.result is None for s in states):
             rows = [Row(w, s.accepted + s.draft[h:], len(s.accepted), s.past)
@@ -247,6 +249,11 @@ class _Draft:
     past: list[KVCache] | None = None
     result: list[int] | None = None
     cached: int = 0  # inputs read behind the accepted prefix (the prompt's included)
+
+    @classmethod
+    def of(cls, draft: list[int]) -> _Draft:
+        """A window's verification before its first pass (capped at MAX_NEW_TOKENS; empty: final at once)."""
+        return cls(draft[:MAX_NEW_TOKENS], result=None if draft else [])
 
     def advance(self, tries: list[tuple[Row, Reading]], log_ratio: float, eot: int, n_prompt: int) -> tuple[int, int]:
         """Keeps the hypothesis the AR decoder accepts furthest; corrects its first rejected token.
@@ -298,6 +305,11 @@ def resync(draft: list[int], d: int, choice: int) -> list[int]:
     near = sorted((m for m in range(max(0, d - RESYNC_SPAN), min(len(draft), d + RESYNC_SPAN + 1))
                    if draft[m] == choice), key=lambda m: abs(m - d))[:RESYNC_TRIES]
     return list(dict.fromkeys([min(d + 1, len(draft)), d] + [m + 1 for m in near]))
+
+
+def log_of(ratio: float) -> float:
+    """The verification ratio r as the log-probability margin a draft token may fall short by."""
+    return math.log(ratio) if ratio > 0 else -math.inf
 
 
 def _runs(rows: list[Row]) -> list[tuple[int, int]]:

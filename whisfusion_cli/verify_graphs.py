@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import rescoring
+from .fastpath import warm_up
 from .whisper import KVCache, MultiHeadAttention, tied_head
 
 SLOTS = 2 + rescoring.RESYNC_TRIES  # hypotheses per window after a rejection (rescoring.resync)
@@ -58,11 +59,9 @@ class FixedVerifier:
 
     def verify(self, cross_kv: list[KVCache], drafts: list[list[int]], ratio: float = 1.0) -> tuple[list[list[int]], int]:
         """As rescoring.Rescorer.verify: the accepted texts and the passes made (summed over groups of windows)."""
-        log_ratio = math.log(ratio) if ratio > 0 else -math.inf
         texts, passes = [], 0
-        for a in range(0, len(drafts), MAX_WINDOWS):
-            group = [(k[a: a + MAX_WINDOWS], v[a: a + MAX_WINDOWS]) for k, v in cross_kv]
-            t, n = self._verify(group, drafts[a: a + MAX_WINDOWS], log_ratio)
+        for kv, group in _groups(cross_kv, drafts):
+            t, n = self._verify(kv, group, rescoring.log_of(ratio))
             texts += t
             passes += n
         return texts, passes
@@ -76,26 +75,17 @@ class FixedVerifier:
         if any(len(c) > SLOTS for c in candidates) or any(not c for c in candidates):
             return None
         out: list[list[float]] = []
-        for a in range(0, len(candidates), MAX_WINDOWS):
-            group = candidates[a: a + MAX_WINDOWS]
-            kv = [(k[a: a + MAX_WINDOWS], v[a: a + MAX_WINDOWS]) for k, v in cross_kv]
-            b = self._buffers(kv, len(group))
-            w_cap = b.cross[0][0].shape[0]
+        for kv, group in _groups(cross_kv, candidates):
+            w_cap = _bucket(len(group))
             need = p + max(len(x) for c in group for x in c)
             if need > _t_max(w_cap):
                 return None
+            b = self._move(kv, list(range(len(group))), None, [])
+            fulls = {w * SLOTS + slot: self.rescorer.prompt + c + [eot] for w, cands in enumerate(group)
+                     for slot, c in enumerate(cands)}
             t = next(x for x in WIDTHS if x >= need)
-            for (k, v), (sk, sv) in zip(kv, b.cross):
-                sk[: len(group)], sv[: len(group)] = k, v
-            inputs = [[[eot] * t for _ in range(w_cap * SLOTS)] for _ in range(2)] + \
-                [[[int(i == p - 1) for i in range(t)]] * (w_cap * SLOTS)]
-            for w, cands in enumerate(group):
-                for slot, c in enumerate(cands):
-                    full = self.rescorer.prompt + c + [eot]
-                    inputs[0][w * SLOTS + slot][: len(full) - 1] = full[:-1]
-                    inputs[1][w * SLOTS + slot][: len(full) - 1] = full[1:]
             rows = torch.tensor([[0] * (w_cap * SLOTS), list(range(w_cap * SLOTS))])
-            lp = self._run(b, torch.tensor(inputs), rows, t)[0].tolist()
+            lp = self._run(b, self._inputs(w_cap, t, fulls, set(fulls)), rows, t)[0].tolist()
             out += [[sum(lp[w * SLOTS + slot][p - 1: p + len(c)]) for slot, c in enumerate(cands)]
                     for w, cands in enumerate(group)]
         return out
@@ -105,50 +95,57 @@ class FixedVerifier:
         """Passes until every window is final; `live` maps the buffers' windows to the drafts'. When the open
         windows fit a smaller power of two, they move to that shape's buffers (their winners' caches and audio
         keys copied once): a batch's last long windows no longer pay for the finished ones' rows."""
-        states = [rescoring._Draft(d[: rescoring.MAX_NEW_TOKENS], result=None if d else []) for d in drafts]
+        states = [rescoring._Draft.of(d) for d in drafts]
         live = [w for w, s in enumerate(states) if s.result is None]
         if not live:
             return [[] for _ in states], 0
         b, winners, passes = self._move(cross_kv, live, None, []), [0] * len(live), 0
-        p, eot = len(self.rescorer.prompt), self.rescorer.eot
-        while live:
-            w_cap = b.cross[0][0].shape[0]
+        while True:
+            w_cap = _bucket(len(live))
             tries = {i: [self._row(states[w], h, w) for h in states[w].starts] for i, w in enumerate(live)
                      if states[w].result is None}
             need = max(len(full) - 1 for rows in tries.values() for _, full in rows)
             t = next(x for x in WIDTHS if x >= min(_t_max(w_cap), need))
-            inputs = [[[eot] * t for _ in range(w_cap * SLOTS)] for _ in range(2)] + [[[0] * t] * (w_cap * SLOTS)]
+            fulls = {i * SLOTS + slot: rows[min(slot, len(rows) - 1)][1] for i, rows in tries.items()
+                     for slot in range(SLOTS)}
+            fresh = {r for r in fulls if states[live[r // SLOTS]].cached == 0}
             cached, src = [0] * (w_cap * SLOTS), list(range(w_cap * SLOTS))
-            for i, rows in tries.items():
-                for slot in range(SLOTS):
-                    _, full = rows[min(slot, len(rows) - 1)]
-                    r, m = i * SLOTS + slot, min(len(full), t + 1)
-                    inputs[0][r][: m - 1], inputs[1][r][: m - 1] = full[: m - 1], full[1:m]
-                    if states[live[i]].cached == 0:  # no empty text (as Rescorer._head_stats)
-                        inputs[2][r] = [int(j == p - 1) for j in range(t)]
-                    cached[r], src[r] = states[live[i]].cached, i * SLOTS + winners[i]
-            stats = self._run(b, torch.tensor(inputs), torch.tensor([cached, src]), t).tolist()  # one sync
+            for r in fulls:
+                cached[r], src[r] = states[live[r // SLOTS]].cached, r // SLOTS * SLOTS + winners[r // SLOTS]
+            stats = self._run(b, self._inputs(w_cap, t, fulls, fresh), torch.tensor([cached, src]), t).tolist()
             passes += 1
             for i, rows in tries.items():
                 winners[i] = self._advance(states[live[i]], rows, [x[i * SLOTS: (i + 1) * SLOTS] for x in stats],
                                            t, log_ratio)
             still = [i for i, w in enumerate(live) if states[w].result is None]
-            if still and _bucket(len(still)) < w_cap:
+            if not still:
+                return [s.result or [] for s in states], passes
+            if _bucket(len(still)) < w_cap:
                 b = self._move(cross_kv, [live[i] for i in still], b, [i * SLOTS + winners[i] for i in still])
                 live, winners = [live[i] for i in still], [0] * len(still)
-            elif not still:
-                live = []
-        return [s.result or [] for s in states], passes
+
+    def _inputs(self, w_cap: int, t: int, fulls: dict[int, list[int]], fresh: set[int]) -> Tensor:
+        """(3, R, t): each row's first t inputs of `fulls` (its inputs, end-of-text last), the next input at
+        each, and end-of-text barred at the prompt's last position in `fresh` rows (Rescorer._head_stats: no
+        empty text); rows without inputs read end-of-text."""
+        n, eot, p = w_cap * SLOTS, self.rescorer.eot, len(self.rescorer.prompt)
+        tokens, targets = [[eot] * t for _ in range(n)], [[eot] * t for _ in range(n)]
+        for r, full in fulls.items():
+            m = min(len(full), t + 1) - 1
+            tokens[r][:m], targets[r][:m] = full[:m], full[1: m + 1]
+        first, none = [int(j == p - 1) for j in range(t)], [0] * t
+        return torch.tensor([tokens, targets, [first if r in fresh else none for r in range(n)]])
 
     def _advance(self, state: rescoring._Draft, rows: list[tuple[rescoring.Row, list[int]]],
                  stats: list[list[list[float]]], t: int, log_ratio: float) -> int:
         """One window's readings (stats: 3 x its SLOTS rows x t) -> state.advance; the winner's slot."""
         p = len(self.rescorer.prompt)
         lead = p - 1 if state.cached == 0 else 0
-        read = [(row, rescoring.Reading(stats[0][i][lead: min(len(full), t + 1) - 1],
-                                        [int(x) for x in stats[1][i][lead: min(len(full), t + 1) - 1]],
-                                        stats[2][i][lead: min(len(full), t + 1) - 1]))
-                for i, (row, full) in enumerate(rows)]
+        read = []
+        for i, (row, full) in enumerate(rows):
+            end = min(len(full), t + 1) - 1  # the positions this pass read of the row
+            lp, best, best_lp = (x[i][lead:end] for x in stats)
+            read.append((row, rescoring.Reading(lp, [int(x) for x in best], best_lp)))
         return state.advance(read, log_ratio, self.rescorer.eot, p)[0]
 
     def _move(self, cross_kv: list[KVCache], windows: list[int], old: _Buffers | None, rows: list[int]) -> _Buffers:
@@ -171,25 +168,19 @@ class FixedVerifier:
 
     def _run(self, b: _Buffers, inputs: Tensor, rows: Tensor, t: int) -> Tensor:
         """One pass of width t over the buffers' rows -> stats (3, R, t) on the host."""
-        b.inputs[:, :, :t].copy_(inputs, non_blocking=False)
+        b.inputs[:, :, :t].copy_(inputs)
         b.rows.copy_(rows)
         if not self.use_graphs:
             self._pass(b, t)
-            return b.stats[:, :, :t].cpu()
-        graph = b.graphs.get(t)
-        if graph is None:
-            graph = b.graphs[t] = self._capture(b, t)
-        graph.replay()
+        else:
+            if t not in b.graphs:
+                b.graphs[t] = self._capture(b, t)
+            b.graphs[t].replay()
         return b.stats[:, :, :t].cpu()
 
     def _capture(self, b: _Buffers, t: int) -> torch.cuda.CUDAGraph:
         saved = b.cache.clone()  # the warm-up passes write the cache: the rows' past must survive them
-        side = torch.cuda.Stream(b.cache.device)
-        side.wait_stream(torch.cuda.current_stream(b.cache.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._pass(b, t)
-        torch.cuda.current_stream(b.cache.device).wait_stream(side)
+        warm_up(lambda: self._pass(b, t), b.cache.device)
         graph = torch.cuda.CUDAGraph()
         pool = next(iter(b.graphs.values())).pool() if b.graphs else None
         with torch.cuda.graph(graph, pool=pool):
@@ -259,6 +250,12 @@ def _cross(attn: MultiHeadAttention, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
     y = F.scaled_dot_product_attention(q, k, v)  # (W, H, SLOTS x t, Dh)
     y = y.view(w, n_head, SLOTS, t, dh).transpose(1, 2).reshape(r, n_head, t, dh)
     return attn.out_proj(y.transpose(1, 2).flatten(2))  # (R, t, C)
+
+
+def _groups(cross_kv: list[KVCache], items: list) -> list[tuple[list[KVCache], list]]:
+    """The windows in groups of at most MAX_WINDOWS: (their audio keys/values, their items)."""
+    return [([(k[a: a + MAX_WINDOWS], v[a: a + MAX_WINDOWS]) for k, v in cross_kv], items[a: a + MAX_WINDOWS])
+            for a in range(0, len(items), MAX_WINDOWS)]
 
 
 def _bucket(n: int) -> int:
