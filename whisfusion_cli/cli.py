@@ -70,7 +70,7 @@ ModelOpt = Annotated[Optional[str], typer.Option(
 PresetOpt = Annotated[Optional[str], typer.Option(
     "--preset", "-p", help=f"PDD preset: {', '.join(f'{n} (k={p.k}, N={p.steps})' for n, p in PRESETS.items())} "
                            "as in the paper; a model may tune them in its config.json (the bundled one: fast and "
-                           "balanced N=4/8 steps, accurate a fast draft verified by Whisper's decoder; see its "
+                           "balanced N=4/8 steps, accurate a balanced draft verified by Whisper's decoder; see its "
                            "MODEL_CARD.md). Default: the model's.")]
 SelectOpt = Annotated[Optional[str], typer.Option(
     "--select", help="How the k candidates become one text: confidence (the most confident), consensus "

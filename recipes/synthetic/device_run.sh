@@ -10,7 +10,8 @@
 #   recipes/synthetic/device_run.sh eval OUT       # WER tables + the trained delta into OUT
 # The second run (going on from the bundled model on fresh texts; .carry1-5 from pack_carries.sh):
 #   recipes/synthetic/device_run.sh synth2 [N]     # 14 workers, text stream N (2), the same held-out sets
-#   recipes/synthetic/device_run.sh go-on MINUTES  # train from $S/model, then evaluate + extract by itself
+#   recipes/synthetic/device_run.sh go-on MINUTES [before]  # train from $S/model, then evaluate + extract by
+#                                                  # itself; `before`: evaluate $S/model too (runs 3-4 did)
 #   recipes/synthetic/device_run.sh poll SECONDS   # as above, until /tmp/out/DONE
 #   recipes/synthetic/device_run.sh fetch OUT      # the records and the delta into OUT
 # Beside them: the CUDA-only tests, and the benches of the staged model (random weights of its shape, then
@@ -62,9 +63,10 @@ go-on)
   setsid nohup bash -c "python3 recipes/synthetic/stream_train.py --data /tmp/synth --init $S/model \
       --out /tmp/runB --minutes $2 --stage1-frac 0.5 --lr 7e-5 --lr2 4e-5 --fresh 0.5 --snapshot-minutes 8 \
     && cp $S/model/rescorer-* /tmp/runB/model/ \
-    && python3 $E --models /tmp/runB/model --settings fast accurate accurate-verify0.3 accurate-verify1 greedy-1step \
-      --out /tmp/out/eval_go_on.json && python3 $E --models $S/model --settings fast accurate \
-      --out /tmp/out/eval_before.json && python3 recipes/synthetic/delta.py extract /tmp/runB/model /tmp/out/delta; \
+    && python3 $E --models /tmp/runB/model --settings fast accurate accurate-verify0.3 accurate-verify1 balanced-verify0.5 \
+      balanced-verify0.3 greedy-1step \
+      --out /tmp/out/eval_go_on.json && { [ -z \"$3\" ] || python3 $E --models $S/model --settings fast accurate \
+      --out /tmp/out/eval_before.json; } && python3 recipes/synthetic/delta.py extract /tmp/runB/model /tmp/out/delta; \
     cp /tmp/runB/log.jsonl /tmp/out/train_log.jsonl; touch /tmp/out/DONE" > /tmp/runB.log 2>&1 < /dev/null &
   sleep 45; tail -n 3 /tmp/runB.log ;;
 cudatest)
