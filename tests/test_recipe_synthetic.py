@@ -81,6 +81,17 @@ def test_clean_and_sentence_split():
         '"Mr. Bennet came."', "She left.", "G. K. Chesterton wrote it."]
 
 
+def test_written_form_unbrackets_asides_and_modernises_to_morrow():
+    # Whisper's normaliser deletes words in parentheses: a spoken aside would count as inserted words
+    assert texts.written("in her passion (which, at last, made her judge) the unease.") == \
+        "in her passion \u2014 which, at last, made her judge \u2014 the unease."
+    assert texts.written("people (it was his trade), and (He was tired.) She left.") == \
+        "people \u2014 it was his trade, and \u2014 He was tired. She left."
+    assert texts.written('"(Never!)" he said; see you to-morrow, To-night.') == '"Never!" he said; see you tomorrow, Tonight.'
+    assert texts.written("plain \u2014 dashes . . . stay, as does a cut (aside") == "plain \u2014 dashes . . . stay, as does a cut aside"
+    assert texts.written("To-day (at noon)") == "Today \u2014 at noon"
+
+
 def test_length_distribution_reaches_long_clips():
     if not BOOKS.is_file():
         pytest.skip(f"{BOOKS} missing")

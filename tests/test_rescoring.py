@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -178,6 +179,75 @@ def test_a_lenient_ratio_keeps_the_drafts_likely_tokens(verifier):
     kept = rescorer.verify(kv, [draft, want[1]], share * 0.99)[0][0]
     assert kept[: pos + 1] == draft[: pos + 1]  # lenient: the draft's runner-up stays
     assert reading[0].best[pos] == want[0][pos]
+
+
+def test_a_trusted_tokens_margin_keeps_it_where_the_ratio_would_not(verifier):
+    dec, rescorer, xa = verifier
+    want = greedy(dec, xa)
+    kv = rescorer.cross_kv(xa)
+    seq, pos = list(want[0]), 1
+    tokens = torch.tensor([PROMPT + seq[:pos]])
+    with torch.no_grad():
+        lp = dec(tokens, dec.cross_kv(xa[:1]), dec.new_cache(1, tokens.shape[1]), 0)[0, -1, :EOT].float().log_softmax(-1)
+    unlikely = int(lp.argmin())  # a token the AR decoder would not have written there
+    gap = float(lp.max() - lp[unlikely])
+    draft = seq[:pos] + [unlikely] + seq[pos + 1:]
+    strict, other = [0.0] * len(draft), [0.0] * len(want[1])
+    assert rescorer.verify(kv, [draft, want[1]], 1.0, [strict, other])[0][0] == want[0]
+    trusted = strict[:pos] + [-(gap + 0.05)] + strict[pos + 1:]  # it alone may fall short, by more than it does
+    kept = rescorer.verify(kv, [draft, want[1]], 1.0, [trusted, other])[0]
+    assert kept[0][: pos + 1] == draft[: pos + 1] and kept[1] == want[1]
+
+
+def test_draft_tokens_read_again_behind_a_rejection_are_not_trusted():
+    """The AR decoder writes a token the draft had a few places back, and the draft goes on from there: the
+    tokens it reads a second time have no margin (a trusted replay could loop), those past it keep theirs."""
+    state = rescoring._Draft.of([1, 2, 3, 4, 5, 6], margins=[-1.0, -2.0, -3.0, -4.0, -5.0, -6.0])
+    row = state.row(0, 0)
+    assert row.margins == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
+    n = len(row.seq) + 1
+    lp, best = [0.0] * 3 + [-9.0] + [0.0] * (n - 4), row.seq + [EOT]
+    best[3] = 2  # after 1 2 3 the AR writes 2, not 4: the draft may go on after its own 2
+    state.advance([(row, rescoring.Reading(lp, best, [0.0] * n))], 0.0, EOT, len(PROMPT))
+    assert state.accepted == [1, 2, 3, 2] and state.starts == [4, 3, 2]
+    assert state.row(0, 2).margins == [0.0, -4.0, -5.0, -6.0]  # 3 again: strict; 4 on: as before
+    assert state.row(0, 4).margins == [-5.0, -6.0]
+
+
+def test_trusted_margins_widen_for_confident_tokens_and_narrow_for_doubtful_ones():
+    m = rescoring.trusted_margins([5, 6, 7], [5, 6, 7], [0.99, 0.5, 0.2], 0.5, 0.5)
+    assert m[1] == pytest.approx(math.log(0.5))  # q = 0.5: the ratio alone
+    assert m[0] == pytest.approx(math.log(0.5) - 0.5 * math.log(99)) and m[2] == 0.0  # capped: never stricter than 1
+    # a re-encoded draft: its tokens matched to the candidate's; one the candidate lacks is neutral
+    assert rescoring.trusted_margins([5, 9, 7], [5, 6, 7], [0.99, 0.99, 0.99], 0.5, 0.5)[1] == pytest.approx(math.log(0.5))
+    assert rescoring.trusted_margins([5, 7], [5, 6, 7], [0.9, 0.1, 0.99], 1.0, 0.0) == [0.0, 0.0]
+
+
+def test_the_chosen_candidates_token_probabilities_set_verifications_margins(tiny_model):
+    from whisfusion_cli.config import DecodingOptions
+
+    class Spy:  # the AR decoder's verification, recording the margins it is given
+        def cross_kv(self, xa):
+            return []
+
+        def verify(self, kv, drafts, ratio, margins=None):
+            self.margins = margins
+            return drafts, 1
+
+    tiny_model.rescorer = spy = Spy()
+    ids = tiny_model.tokenizer.encode_transcripts(["hello world"])[0]
+    probs = [0.99] + [0.5] * (len(ids) - 1)
+    texts, cands = ("hello world", "hello"), (ids, ids[:1])
+
+    def margins(**fields):
+        options = DecodingOptions(k=2, steps=1, schedule=(1.0,), select="confidence", **fields)
+        out = tiny_model._results([texts], [cands], [0], [[0.9, 0.1]], None, options, [(probs, probs[:1])])
+        assert out[0].text == "hello world"
+        return spy.margins
+
+    got = margins(verify=0.5, trust=0.5)[0]
+    assert got == pytest.approx([math.log(0.5) - 0.5 * math.log(99)] + [math.log(0.5)] * (len(ids) - 1))
+    assert margins(verify=0.5) is None and margins(verify=1.0, trust=0.5) is None  # verify 1: greedy exactly
 
 
 def test_scores_rank_every_windows_candidates(verifier):

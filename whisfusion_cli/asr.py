@@ -23,11 +23,11 @@ from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_windows
 from .checkpoint import (load_rescorer, load_whisfusion, load_whisper, read_config, resolve_device,
                          resolve_dtype, resolve_model_dir)
 from .config import DecodingOptions, WhisfusionConfig
-from .decoding import DecoderFn, canvas_length, canvas_to_ids, eager_decoder, head_sizes, pdd
+from .decoding import DecoderFn, canvas_length, canvas_tokens, eager_decoder, head_sizes, pdd
 from .errors import CheckpointError, ConfigError
 from .fastpath import GraphedDecoder, GraphedEncoder
 from .model import Whisfusion
-from .rescoring import Rescorer
+from .rescoring import Rescorer, trusted_margins
 from .segment import SegmentOptions, split_windows
 from .selection import consensus, vote
 from .tokenizer import Tokenizer
@@ -189,8 +189,8 @@ class WhisfusionASR(ASRModel):
         self.stopwatch.lap("decode")
         best, scores = out.best.tolist(), out.candidate_confidence.tolist()  # (B,), (B, k)
         cands, conf = out.candidates.tolist(), out.token_confidence.tolist()  # one copy each to the host
-        ids, texts = zip(*(self._texts(cands[i], conf[i], options) for i in range(len(windows))))
-        results = self._results(list(texts), list(ids), best, scores, xa, options)
+        ids, texts, probs = zip(*(self._texts(cands[i], conf[i], options) for i in range(len(windows))))
+        results = self._results(list(texts), list(ids), best, scores, xa, options, list(probs))
         self.stopwatch.lap("decode")
         return results
 
@@ -208,27 +208,28 @@ class WhisfusionASR(ASRModel):
             return self.graphs.prepare(xa, n_frames, n_rows, canvas_len, sizes)
         return eager_decoder(self.net.decoder, self.net.decoder.cross_kv(xa, n_frames), xa.shape[0])
 
-    def _texts(self, candidates: list[list[int]], token_conf: list[list[float]],
-               options: DecodingOptions) -> tuple[tuple[list[int], ...], tuple[str, ...]]:
-        """A window's k candidates (k, L) and their token probabilities (k, L) -> the k transcripts' ids
-        and texts.
+    def _texts(self, candidates: list[list[int]], token_conf: list[list[float]], options: DecodingOptions
+               ) -> tuple[tuple[list[int], ...], tuple[str, ...], tuple[list[float], ...]]:
+        """A window's k candidates (k, L) and their token probabilities (k, L) -> the k transcripts' ids,
+        texts and ids' probabilities.
 
         The k candidates mostly converge to a few distinct ones: each distinct (canvas, which tokens
         are below the dedupe threshold) is turned into text once."""
         eos, limit = self.cfg.eos_id, self.tokenizer.vocab_size
         keys = [(*c, *(q < options.dedupe for q in p)) for c, p in zip(candidates, token_conf)]
-        done: dict[tuple, tuple[list[int], str]] = {}
+        done: dict[tuple, tuple[list[int], str, list[float]]] = {}
         for key, c, p in zip(keys, candidates, token_conf):
             if key not in done:
-                x = canvas_to_ids(c, eos, limit, p, options.dedupe)
-                done[key] = (x, self.tokenizer.decode(x))
-        ids, texts = zip(*(done[key] for key in keys))
-        return ids, texts
+                x, q = canvas_tokens(c, eos, limit, p, options.dedupe)
+                done[key] = (x, self.tokenizer.decode(x), q)
+        ids, texts, probs = zip(*(done[key] for key in keys))
+        return ids, texts, probs
 
     def _results(self, texts: list[tuple[str, ...]], ids: list[tuple[list[int], ...]], best: list[int],
-                 scores: list[list[float]], xa: Tensor, options: DecodingOptions) -> list[WindowResult]:
+                 scores: list[list[float]], xa: Tensor, options: DecodingOptions,
+                 probs: list[tuple[list[float], ...]] | None = None) -> list[WindowResult]:
         """Each window's k texts (and their ids) -> its text by options.select, verified by the AR decoder
-        if options.verify.
+        if options.verify (trusting the draft's confident tokens by options.trust, given their `probs`).
 
         best: the most confident candidate per window; scores: all k mean confidences; xa: (B, 1500, C).
         n_tokens: the chosen candidate's (the vote's center's) tokens, or the verified text's."""
@@ -241,7 +242,11 @@ class WhisfusionASR(ASRModel):
         chosen = [vote(t, s, b) if options.select == "vote" else t[b] for t, s, b in zip(texts, scores, best)]
         n_tokens, passes = [len(x[b]) for x, b in zip(ids, best)], 0
         if options.verify:
-            verified, passes = self.rescorer.verify(ar_kv, self.tokenizer.encode_transcripts(chosen), options.verify)
+            drafts = self.tokenizer.encode_transcripts(chosen)
+            margins = [trusted_margins(d, x[b], q[b], options.verify, options.trust)
+                       for d, x, q, b in zip(drafts, ids, probs, best)] \
+                if options.trust and options.verify < 1 and probs else None  # verify 1: Whisper's greedy text exactly
+            verified, passes = self.rescorer.verify(ar_kv, drafts, options.verify, margins)
             chosen, n_tokens = [self.tokenizer.decode(x) for x in verified], [len(x) for x in verified]
         return [WindowResult(text, s[b], t, n, passes)
                 for text, t, s, b, n in zip(chosen, texts, scores, best, n_tokens)]

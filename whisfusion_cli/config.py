@@ -211,6 +211,12 @@ class DecodingOptions:
     # probability is >= verify x the AR decoder's best there, else the AR's token replaces it; 1.0 gives
     # Whisper's greedy transcript exactly, in a few parallel passes. 0: off
     verify: float = 0.0
+    # verification as a product of experts (rescoring.trusted_margins): a draft token the diffusion decoder
+    # predicted with probability q also stays where log p_AR(token) + trust x log q >= log p_AR(AR's choice) +
+    # trust x log(1 - q) + log verify (1 - q: the most the diffusion decoder left for the AR's choice), so
+    # a confident token may fall further short of the AR's choice, a doubtful one less far. 0: verify alone;
+    # ignored at verify = 1 (Whisper's greedy text exactly)
+    trust: float = 0.0
     preset: str | None = field(default=None, compare=False)  # the name it was built from (a label only)
 
     def __post_init__(self) -> None:
@@ -232,6 +238,8 @@ class DecodingOptions:
             raise ConfigError(f"select must be 'confidence', 'consensus', 'vote' or 'rescore', got {self.select!r}")
         if not 0.0 <= self.verify <= 1.0:
             raise ConfigError(f"verify must be in [0, 1] (0: off), got {self.verify}")
+        if self.trust < 0.0:
+            raise ConfigError(f"trust must be >= 0 (0: verify's ratio alone), got {self.trust}")
 
     @property
     def preset_name(self) -> str | None:

@@ -227,18 +227,27 @@ def canvas_to_ids(row: Tensor | list[int], eos_id: int, vocab_limit: int | None 
     before it is dropped when either of the two was predicted with probability below `dedupe`:
     parallel prediction's stutter ("fat fat pieces") goes, a confident real repeat ("had had") stays.
     """
+    return canvas_tokens(row, eos_id, vocab_limit, confidence, dedupe)[0]
+
+
+def canvas_tokens(row: Tensor | list[int], eos_id: int, vocab_limit: int | None = None,
+                  confidence: Tensor | list[float] | None = None, dedupe: float = 0.0) -> tuple[list[int], list[float]]:
+    """`canvas_to_ids`'s ids and each one's probability (a merged run's: its least confident member's)."""
     ids = row.tolist() if isinstance(row, Tensor) else list(row)
     conf = (confidence.tolist() if isinstance(confidence, Tensor) else list(confidence)) \
         if confidence is not None else [1.0] * len(ids)
     end = ids.index(eos_id) if eos_id in ids else len(ids)
     out: list[int] = []
+    probs: list[float] = []
     last_conf = 1.0
     for i, c in zip(ids[:end], conf[:end]):
         if vocab_limit is not None and i >= vocab_limit:
             continue
         if out and i == out[-1] and min(c, last_conf) < dedupe:
             last_conf = min(c, last_conf)  # one unsure member merges the whole run
+            probs[-1] = min(probs[-1], c)
             continue
         out.append(i)
+        probs.append(c)
         last_conf = c
-    return out
+    return out, probs

@@ -17,6 +17,12 @@ causal pass scores every position of a given transcript), so it serves PDD in tw
   passes, the text is final. With r = 1 the result is Whisper's greedy transcript exactly (its argmax at every
   position), in (disagreements + 1) passes instead of one per token; r < 1 keeps the draft's
   token wherever the AR decoder finds it nearly as likely as its own.
+- **Trusted verification** (`DecodingOptions.trust = λ`, with r < 1): a product of the two experts. The
+  diffusion decoder gave each draft token a probability q; the token stays where log p_AR(token) +
+  λ log q >= log p_AR(AR's choice) + λ log(1 - q) + log r, i.e. its margin below the AR's choice widens
+  by λ log(q / (1 - q)) where the diffusion decoder was sure and narrows where it was not
+  (`trusted_margins`). It heard the synthetic voices the AR decoder never did; the AR decoder knows
+  real speech and English. Draft tokens read a second time (behind a rejection) get no margin.
 
 Each window's keys and values of the accepted prefix are kept across passes, so a pass reads only
 the draft's unverified rest (rows left-padded to one cached length, one batch for all windows).
@@ -24,6 +30,7 @@ the draft's unverified rest (rows left-padded to one cached length, one batch fo
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 
@@ -38,6 +45,7 @@ LOGITS_BUDGET = 1 << 28  # bytes of fp32 logits one chunk of rows may hold (256 
 RESYNC_SPAN = 16  # after a rejection, the draft is searched this far either way for the AR decoder's choice
 RESYNC_TRIES = 3  # and the rest read after that many of its nearest occurrences
 USE_GRAPHS = True  # verification on CUDA in fixed shapes replayed as CUDA graphs (verify_graphs.py)
+EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before their log-odds are taken
 HEAD_SPAN = 16  # verification computes the output head this many positions at a time, only for rows
 # not yet rejected: a draft's first disagreement ends what a pass can use (~3 tokens in on average),
 # and the 51,865-way head was most of a pass's work
@@ -68,6 +76,8 @@ class Row:
     seq: list[int]
     start: int = 0
     past: list[KVCache] | None = None
+    margins: list[float] | None = None  # per position read, seq[start:] on: the log margin its token may fall
+    # short of the AR's choice by (past them, end-of-text included: the pass's log ratio)
 
 
 class Rescorer(nn.Module):
@@ -140,7 +150,8 @@ class Rescorer(nn.Module):
                 lo, hi = max(spans[i][0] - a, 0), min(spans[i][1] - a, len(lp))
                 for x, part in zip(stats[i], (lp[lo:hi], best[lo:hi], best_lp[lo:hi])):
                     x += part
-                run = len(stats[i][0]) if log_ratio is None else _accepted_run(stats[i][0], stats[i][2], log_ratio)
+                run = len(stats[i][0]) if log_ratio is None else \
+                    _accepted_run(stats[i][0], stats[i][2], log_ratio, rows[i].margins)
                 if run < len(stats[i][0]):  # a row's first rejection ends its reading, that token included
                     stats[i] = [x[: run + 1] for x in stats[i]]
                     spans[i] = (spans[i][0], 0)
@@ -207,10 +218,12 @@ class Rescorer(nn.Module):
             out[r.window].append(reading.total)
         return out
 
-    def verify(self, cross_kv: list[KVCache], drafts: list[list[int]], ratio: float = 1.0) -> tuple[list[list[int]], int]:
+    def verify(self, cross_kv: list[KVCache], drafts: list[list[int]], ratio: float = 1.0,
+               margins: list[list[float]] | None = None) -> tuple[list[list[int]], int]:
         """The drafts (one id list per window) as the AR decoder accepts them, and the passes made.
 
-        A draft token is kept where p_AR(token) >= ratio * p_AR(AR's choice); see the module doc. Each
+        A draft token is kept where p_AR(token) >= ratio * p_AR(AR's choice); see the module doc. `margins`
+        (per window, per draft token): log p_AR(token) - log p_AR(AR's choice) may go down to this instead. Each
         pass reads only what follows the accepted prefix: its keys and values are kept per window. An
         empty draft stays empty: PDD heard no speech there, where Whisper's decoder, which never ends a
         transcript before its first token, would write something. On CUDA the passes run in fixed shapes
@@ -218,13 +231,12 @@ class Rescorer(nn.Module):
         """
         fixed = self._fixed(cross_kv)
         if fixed is not None:
-            return fixed.verify(cross_kv, drafts, ratio)
+            return fixed.verify(cross_kv, drafts, ratio, margins)
         log_ratio = log_of(ratio)
-        states = [_Draft.of(d) for d in drafts]
+        states = [_Draft.of(d, m) for d, m in zip(drafts, margins or [None] * len(drafts))]
         passes = 0
         while any(s.result is None for s in states):
-            rows = [Row(w, s.accepted + s.draft[h:], len(s.accepted), s.past)
-                    for w, s in enumerate(states) if s.result is None for h in s.starts]
+            rows = [s.row(w, h) for w, s in enumerate(states) if s.result is None for h in s.starts]
             readings = self.read(cross_kv, rows, keep_kv=True, log_ratio=log_ratio)
             passes += 1
             by_window: dict[int, list[tuple[Row, Reading]]] = {}
@@ -249,11 +261,20 @@ class _Draft:
     past: list[KVCache] | None = None
     result: list[int] | None = None
     cached: int = 0  # inputs read behind the accepted prefix (the prompt's included)
+    margins: list[float] | None = None  # per draft token (Rescorer.verify)
+    reach: int = 0  # draft tokens before this one are behind the prefix (accepted or passed over)
 
     @classmethod
-    def of(cls, draft: list[int]) -> _Draft:
+    def of(cls, draft: list[int], margins: list[float] | None = None) -> _Draft:
         """A window's verification before its first pass (capped at MAX_NEW_TOKENS; empty: final at once)."""
-        return cls(draft[:MAX_NEW_TOKENS], result=None if draft else [])
+        return cls(draft[:MAX_NEW_TOKENS], result=None if draft else [], margins=margins)
+
+    def row(self, w: int, h: int) -> Row:
+        """Hypothesis h (the draft from h on, after the accepted prefix) as window w's row to read. Draft
+        tokens read again behind `reach` (the AR decoder wrote a token the draft had further back) have no
+        margin: their probability was for their first place, and a trusted replay could loop."""
+        margins = None if self.margins is None else [0.0] * max(0, self.reach - h) + self.margins[max(h, self.reach):]
+        return Row(w, self.accepted + self.draft[h:], len(self.accepted), self.past, margins)
 
     def advance(self, tries: list[tuple[Row, Reading]], log_ratio: float, eot: int, n_prompt: int) -> tuple[int, int]:
         """Keeps the hypothesis the AR decoder accepts furthest; corrects its first rejected token.
@@ -264,10 +285,11 @@ class _Draft:
         also added to `self.cached`."""
         start = len(self.accepted)
         lead = n_prompt - 1 if self.cached == 0 else 0  # inputs before the first predicting one
-        runs = [(_accepted_run(reading.token_logprob, reading.best_logprob, log_ratio), i)
-                for i, (_, reading) in enumerate(tries)]
+        runs = [(_accepted_run(reading.token_logprob, reading.best_logprob, log_ratio, row.margins), i)
+                for i, (row, reading) in enumerate(tries)]
         run, i = max(runs, key=lambda x: x[0])  # the first of equals: the plainest guess
         (row, reading), h = tries[i], self.starts[i]
+        self.reach = max(self.reach, h + run)
         seq = row.seq + [eot]
         j = start + run
         if j == len(seq):  # every token passed, end-of-text included
@@ -307,6 +329,21 @@ def resync(draft: list[int], d: int, choice: int) -> list[int]:
     return list(dict.fromkeys([min(d + 1, len(draft)), d] + [m + 1 for m in near]))
 
 
+def trusted_margins(draft: list[int], source: list[int], probs: list[float], ratio: float, trust: float) -> list[float]:
+    """Per token of `draft`, the log margin below the AR decoder's choice that verification lets it fall
+    (`Rescorer.verify`'s margins): log ratio - trust x log(q / (1 - q)), at most 0, where q is the
+    diffusion decoder's probability for it (`probs` of its candidate's ids `source`, matched to the
+    draft's ids; 0.5, neutral, where the re-encoded text differs)."""
+    q = [0.5] * len(draft)
+    if draft == source:
+        q = list(probs)
+    else:
+        for a, b, n in difflib.SequenceMatcher(None, draft, source, autojunk=False).get_matching_blocks():
+            q[a: a + n] = probs[b: b + n]
+    base = log_of(ratio)
+    return [min(0.0, base - trust * math.log(max(x, EPS) / max(1.0 - x, EPS))) for x in q]
+
+
 def log_of(ratio: float) -> float:
     """The verification ratio r as the log-probability margin a draft token may fall short by."""
     return math.log(ratio) if ratio > 0 else -math.inf
@@ -318,11 +355,13 @@ def _runs(rows: list[Row]) -> list[tuple[int, int]]:
     return list(zip([0] + edges, edges + [len(rows)]))
 
 
-def _accepted_run(token_logprob: list[float], best_logprob: list[float], log_ratio: float) -> int:
-    """How many read positions pass, from the first: token log p >= best log p + log ratio."""
-    n = 0
+def _accepted_run(token_logprob: list[float], best_logprob: list[float], log_ratio: float,
+                  margins: list[float] | None = None) -> int:
+    """How many read positions pass, from the first: token log p >= best log p + its margin (`margins`
+    where given, else log ratio)."""
+    n, margins = 0, margins or []
     for lp, best in zip(token_logprob, best_logprob):
-        if lp < best + log_ratio:
+        if lp < best + (margins[n] if n < len(margins) else log_ratio):
             break
         n += 1
     return n

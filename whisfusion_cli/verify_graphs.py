@@ -57,10 +57,12 @@ class FixedVerifier:
         self.rescorer, self.use_graphs = rescorer, graphs
         self.buffers: OrderedDict[tuple[int, ...], _Buffers] = OrderedDict()
 
-    def verify(self, cross_kv: list[KVCache], drafts: list[list[int]], ratio: float = 1.0) -> tuple[list[list[int]], int]:
+    def verify(self, cross_kv: list[KVCache], drafts: list[list[int]], ratio: float = 1.0,
+               margins: list[list[float]] | None = None) -> tuple[list[list[int]], int]:
         """As rescoring.Rescorer.verify: the accepted texts and the passes made (summed over groups of windows)."""
         texts, passes = [], 0
-        for kv, group in _groups(cross_kv, drafts):
+        states = [rescoring._Draft.of(d, m) for d, m in zip(drafts, margins or [None] * len(drafts))]
+        for kv, group in _groups(cross_kv, states):
             t, n = self._verify(kv, group, rescoring.log_of(ratio))
             texts += t
             passes += n
@@ -91,11 +93,10 @@ class FixedVerifier:
         return out
 
     @torch.inference_mode()
-    def _verify(self, cross_kv: list[KVCache], drafts: list[list[int]], log_ratio: float) -> tuple[list[list[int]], int]:
-        """Passes until every window is final; `live` maps the buffers' windows to the drafts'. When the open
+    def _verify(self, cross_kv: list[KVCache], states: list[rescoring._Draft], log_ratio: float) -> tuple[list[list[int]], int]:
+        """Passes until every window is final; `live` maps the buffers' windows to the states'. When the open
         windows fit a smaller power of two, they move to that shape's buffers (their winners' caches and audio
         keys copied once): a batch's last long windows no longer pay for the finished ones' rows."""
-        states = [rescoring._Draft.of(d) for d in drafts]
         live = [w for w, s in enumerate(states) if s.result is None]
         if not live:
             return [[] for _ in states], 0
@@ -162,9 +163,9 @@ class FixedVerifier:
 
     def _row(self, state: rescoring._Draft, h: int, w: int) -> tuple[rescoring.Row, list[int]]:
         """Hypothesis h's row and its inputs from the last read one on, end-of-text appended (the last target)."""
-        seq, start, prompt = state.accepted + state.draft[h:], len(state.accepted), self.rescorer.prompt
-        head = prompt if state.cached == 0 else [seq[start - 1] if start else prompt[-1]]
-        return rescoring.Row(w, seq, start), head + seq[start:] + [self.rescorer.eot]
+        row, prompt = state.row(w, h), self.rescorer.prompt
+        head = prompt if state.cached == 0 else [row.seq[row.start - 1] if row.start else prompt[-1]]
+        return row, head + row.seq[row.start:] + [self.rescorer.eot]
 
     def _run(self, b: _Buffers, inputs: Tensor, rows: Tensor, t: int) -> Tensor:
         """One pass of width t over the buffers' rows -> stats (3, R, t) on the host."""

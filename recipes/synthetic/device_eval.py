@@ -40,6 +40,7 @@ SETTINGS = {
     "greedy-1step": ("accurate", {"k": 1, "steps": 1, "schedule": (1.0,)}),
     # with a rescorer (Whisper's AR decoder beside the model): verification's threshold r
     "accurate-verify0.3": ("accurate", {"verify": 0.3}), "accurate-verify1": ("accurate", {"verify": 1.0}),
+    "accurate-trust0": ("accurate", {"trust": 0.0}),  # verification by the ratio alone (accurate until v3's trust)
     # another preset's draft, rescored and verified: accurate drafted as fast until run 5, as balanced since
     "fast-verify0.5": ("fast", {"select": "rescore", "verify": 0.5}),
     "balanced-verify0.5": ("balanced", {"select": "rescore", "verify": 0.5}),

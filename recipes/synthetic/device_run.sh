@@ -63,7 +63,7 @@ go-on)
   setsid nohup bash -c "python3 recipes/synthetic/stream_train.py --data /tmp/synth --init $S/model \
       --out /tmp/runB --minutes $2 --stage1-frac 0.5 --lr 7e-5 --lr2 4e-5 --fresh 0.5 --snapshot-minutes 8 \
     && cp $S/model/rescorer-* /tmp/runB/model/ \
-    && python3 $E --models /tmp/runB/model --settings fast accurate accurate-verify0.3 accurate-verify1 fast-verify0.5 \
+    && python3 $E --models /tmp/runB/model --settings fast accurate accurate-trust0 accurate-verify0.3 accurate-verify1 fast-verify0.5 \
       greedy-1step --out /tmp/out/eval_go_on.json && { [ -z \"$3\" ] || python3 $E --models $S/model --settings fast accurate \
       --out /tmp/out/eval_before.json; } && python3 recipes/synthetic/delta.py extract /tmp/runB/model /tmp/out/delta; \
     cp /tmp/runB/log.jsonl /tmp/out/train_log.jsonl; touch /tmp/out/DONE" > /tmp/runB.log 2>&1 < /dev/null &

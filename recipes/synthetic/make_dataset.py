@@ -100,7 +100,7 @@ def assign(split: str, index: int, utt: texts.Utterance, pool: list[tts.Voice], 
     params = tts.sample_params(voice, rng)
     chain = augment.sample_chain(rng)
     audio = f"{split}/{index // SHARD_SIZE:04d}/{split}-{index:07d}.{fmt}"
-    return Item(split, index, utt.text, utt.book, utt.line, voice.id, params, chain, audio)
+    return Item(split, index, texts.written(utt.text), utt.book, utt.line, voice.id, params, chain, audio)
 
 
 def plan(lines: list[str], books: list[texts.Book], args: argparse.Namespace, train_voices: list[tts.Voice],

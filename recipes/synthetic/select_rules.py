@@ -6,7 +6,9 @@ DIR is a make_dataset.py output holding the val and test_voices splits (rendered
 device run's seed). Each clip is decoded once with the preset (seed 0); every candidate's text and
 mean confidence, and what each AR-decoder rule (VARIANTS: rescoring, verification) makes of those
 same candidates, with its AR passes, are kept in --candidates (reused if it exists); each rule then
-picks or builds the transcript. Choose a rule on val; test_voices only checks it.
+picks or builds the transcript. Choose a rule on val; test_voices only checks it. One process per
+core: `--splits val`, `--splits test_voices --part 0:64` (its own cache each), then score the caches
+together: `--candidates a.json b.json c.json`.
 """
 
 from __future__ import annotations
@@ -34,29 +36,36 @@ VARIANTS = {  # name -> DecodingOptions fields, applied to the same candidates (
     "rescore+verify0.5": {"select": "rescore", "verify": 0.5},
     "rescore+verify0.3": {"select": "rescore", "verify": 0.3},
     "vote+verify0.5": {"select": "vote", "verify": 0.5},
+    # verification as a product of experts: draft tokens trusted by the diffusion decoder's confidence
+    "rescore+verify0.5+trust0.25": {"select": "rescore", "verify": 0.5, "trust": 0.25},
+    "rescore+verify0.5+trust0.5": {"select": "rescore", "verify": 0.5, "trust": 0.5},
+    "rescore+verify0.5+trust0.75": {"select": "rescore", "verify": 0.5, "trust": 0.75},
+    "rescore+verify0.5+trust1": {"select": "rescore", "verify": 0.5, "trust": 1.0},
+    "rescore+verify1+trust1": {"select": "rescore", "verify": 1.0, "trust": 1.0},
 }
 
 
-def decode(data: Path, model: str, preset: str, variants: list[str]) -> dict[str, list[dict]]:
+def decode(data: Path, model: str, preset: str, variants: list[str], splits: list[str],
+           part: slice = slice(None)) -> dict[str, list[dict]]:
     """{split: [{ref, voice, texts, scores, variants: {name: {text, passes}}}]} for every clip of the
     splits; `variants`: the VARIANTS scored too (models with a rescorer)."""
     asr = load_model(model)
     kept: list[dict] = []
     results = asr._results
 
-    def spy(texts, ids, best, scores, xa, options):  # every candidate's text, as decode_windows builds it
+    def spy(texts, ids, best, scores, xa, options, probs):  # every candidate's text, as decode_windows builds it
         out = {"texts": list(texts[0]), "scores": list(scores[0]), "variants": {}}
         for name in (variants if asr.rescorer is not None else ()):
-            r = results(texts, ids, best, scores, xa, replace(options, **VARIANTS[name]))[0]
+            r = results(texts, ids, best, scores, xa, replace(options, **VARIANTS[name]), probs)[0]
             out["variants"][name] = {"text": r.text, "passes": r.ar_passes}
         kept.append(out)
-        return results(texts, ids, best, scores, xa, options)
+        return results(texts, ids, best, scores, xa, options, probs)
 
     asr._results = spy  # type: ignore[method-assign]
     out: dict[str, list[dict]] = {}
-    for split in SPLITS:
+    for split in splits:
         out[split] = []
-        for line in (data / f"{split}.jsonl").read_text().splitlines():
+        for line in (data / f"{split}.jsonl").read_text().splitlines()[part]:
             row = json.loads(line)
             asr.decode_windows([load_audio(data / row["audio"])], asr.options(preset, seed=0))
             out[split].append({"ref": row["text"], "voice": row["voice"], **kept.pop()})
@@ -90,15 +99,22 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--model", default="whisfusion_cli/assets/default-model")
     ap.add_argument("--preset", default="accurate")
-    ap.add_argument("--candidates", type=Path, required=True, help="candidate cache (JSON), made if missing")
+    ap.add_argument("--candidates", type=Path, nargs="+", required=True,
+                    help="candidate cache (JSON), made if missing; several existing ones (parts) are scored together")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="the AR-decoder rules to score (VARIANTS)")
+    ap.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="e.g. one per process")
+    ap.add_argument("--part", default=":", help="A:B: only those clips of each split (parts' caches concatenate)")
     args = ap.parse_args()
-    if not args.candidates.exists():
-        cands = decode(args.data, args.model, args.preset, args.variants.split(","))
-        args.candidates.write_text(json.dumps(cands))
-    cands = json.loads(args.candidates.read_text())
-    record = {"preset": args.preset, **{split: score(cands[split]) | {"clips": len(cands[split])} for split in SPLITS}}
+    if len(args.candidates) == 1 and not args.candidates[0].exists():
+        part = slice(*(int(x) if x else None for x in args.part.split(":")))
+        cands = decode(args.data, args.model, args.preset, args.variants.split(","), args.splits, part)
+        args.candidates[0].write_text(json.dumps(cands))
+    cands: dict[str, list[dict]] = {}
+    for path in args.candidates:
+        for split, clips in json.loads(path.read_text()).items():
+            cands.setdefault(split, []).extend(clips)
+    record = {"preset": args.preset, **{split: score(cands[split]) | {"clips": len(cands[split])} for split in cands}}
     print(json.dumps(record, indent=1))
     if args.out:
         args.out.write_text(json.dumps(record, indent=1) + "\n")

@@ -11,7 +11,10 @@ Written form: what the model should emit. Letters are folded to ASCII (é -> e, 
 dash is kept (the TTS input turns it into a pause, see voices.speakable), digits are kept because
 every engine reads them aloud as numbers ("1810" is spoken as a year or a number; the label keeps
 the digits). A sentence holding a character no engine speaks reliably ([ ] $ £ & / + = # @ ° ...)
-or a file name (p30.jpg) is dropped, not rewritten, so audio and label always agree.
+or a file name (p30.jpg) is dropped, not rewritten, so audio and label always agree. `written`
+then modernises what a transcriber would not write: a parenthetical aside becomes one between em
+dashes (the TTS reads both as a pause; Whisper's normaliser deletes words in parentheses, so a
+spoken aside in them would count as inserted words), "to-morrow"/"to-day"/"to-night" lose the hyphen.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ _ABBREV = {"mr", "mrs", "ms", "dr", "st", "messrs", "mme", "mlle", "capt", "col"
 # a sentence ends at . ! ? (then closing quotes/brackets), before a space and an upper-case start
 _SENT_END = re.compile(r"([.!?]+[\"')]*)\s+(?=[\"'(]*[A-Z0-9])")
 _CLAUSE_END = re.compile(r"(?<=[,;:])\s+|\s+(?=—)")
+_ARCHAIC = re.compile(r"\b([Tt])o-(morrow|day|night)\b")
+_ASIDE = re.compile(r"\(([^()]*)\)")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,22 @@ def clean(text: str) -> str | None:
     if not text or not _ALLOWED.fullmatch(text) or _FILENAME.search(text) or not re.search("[A-Za-z]", text):
         return None
     return text
+
+
+def written(text: str) -> str:
+    """An utterance's label as a modern transcript writes it (see the module doc); applied after packing
+    and selection, so the choice of utterances is the same with or without it."""
+    text = _ASIDE.sub(_dashed, _ARCHAIC.sub(r"\1o\2", text))
+    return re.sub(r" +", " ", re.sub(r"[()]", "", text)).strip()  # a bracket whose pair a cut took: dropped
+
+
+def _dashed(m: re.Match) -> str:
+    """A parenthetical aside between em dashes; none where punctuation, a dash, a quote or the text's edge
+    already bounds it (a whole sentence in brackets stays a sentence)."""
+    before, after, inner = m.string[: m.start()].rstrip(), m.string[m.end():].lstrip(), m[1].strip()
+    lead = "— " if before and before[-1] not in ".!?\"'—" else ""
+    trail = " —" if after and after[0] not in ",;:.!?\"'—" and inner[-1:] not in (".", "!", "?") else ""
+    return lead + inner + trail
 
 
 def split_sentences(paragraph: str) -> list[str]:
