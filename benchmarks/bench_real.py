@@ -7,7 +7,8 @@ with transcripts.json). Besides each clip, the clips joined with 0.5 s pauses ma
 utterances of real speech. Per preset and for the AR baseline (Whisper base's own decoder on the same
 encoder: the model's rescorer), median end-to-end ms of one utterance (CUDA-synchronised, after warm-up),
 the AR passes verification took, WER (`accurate-eager`: accurate with its rescoring and verification
-passes eager instead of CUDA graphs, verify_graphs.py; `accurate@0.3`: verified at r = 0.3); then a long file (the clips tiled) transcribed end to end as RTFx.
+passes eager instead of CUDA graphs, verify_graphs.py; `accurate@0.3`: verified at r = 0.3; `accurate-trust0`:
+with trust 0); then a long file (the clips tiled) transcribed end to end as RTFx.
 """
 
 from __future__ import annotations
@@ -50,9 +51,11 @@ def utterances(clips: dict[str, np.ndarray], refs: dict[str, str]) -> list[tuple
 
 def preset_of(name: str) -> tuple[str, dict, bool]:
     """An engine name's preset, overrides and whether the AR passes run as CUDA graphs: `-eager` (they do not),
-    `@R` (verify at r = R)."""
-    preset, _, ratio = name.removesuffix("-eager").partition("@")
-    return preset, ({"verify": float(ratio)} if ratio else {}), not name.endswith("-eager")
+    `@R` (verify at r = R), `-trustT` (trust T)."""
+    rest, _, trust = name.removesuffix("-eager").partition("-trust")
+    preset, _, ratio = rest.partition("@")
+    overrides = ({"verify": float(ratio)} if ratio else {}) | ({"trust": float(trust)} if trust else {})
+    return preset, overrides, not name.endswith("-eager")
 
 
 def time_one(asr, audio: np.ndarray, options, repeats: int) -> tuple[float, object]:
