@@ -227,7 +227,7 @@ class WhisfusionASR(ASRModel):
 
     def _results(self, texts: list[tuple[str, ...]], ids: list[tuple[list[int], ...]], best: list[int],
                  scores: list[list[float]], xa: Tensor, options: DecodingOptions,
-                 probs: list[tuple[list[float], ...]] | None = None) -> list[WindowResult]:
+                 probs: list[tuple[list[float], ...]]) -> list[WindowResult]:
         """Each window's k texts (and their ids) -> its text by options.select, verified by the AR decoder
         if options.verify (trusting the draft's confident tokens by options.trust, given their `probs`).
 
@@ -242,10 +242,10 @@ class WhisfusionASR(ASRModel):
         chosen = [vote(t, s, b) if options.select == "vote" else t[b] for t, s, b in zip(texts, scores, best)]
         n_tokens, passes = [len(x[b]) for x, b in zip(ids, best)], 0
         if options.verify:
-            drafts = self.tokenizer.encode_transcripts(chosen)
-            margins = [trusted_margins(d, x[b], q[b], options.verify, options.trust)
-                       for d, x, q, b in zip(drafts, ids, probs, best)] \
-                if options.trust and options.verify < 1 and probs else None  # verify 1: Whisper's greedy text exactly
+            drafts, margins = self.tokenizer.encode_transcripts(chosen), None
+            if options.trust and options.verify < 1:  # at verify 1: Whisper's greedy text exactly
+                margins = [trusted_margins(d, x[b], q[b], options.verify, options.trust)
+                           for d, x, q, b in zip(drafts, ids, probs, best)]
             verified, passes = self.rescorer.verify(ar_kv, drafts, options.verify, margins)
             chosen, n_tokens = [self.tokenizer.decode(x) for x in verified], [len(x) for x in verified]
         return [WindowResult(text, s[b], t, n, passes)

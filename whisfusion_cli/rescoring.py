@@ -233,8 +233,7 @@ class Rescorer(nn.Module):
         if fixed is not None:
             return fixed.verify(cross_kv, drafts, ratio, margins)
         log_ratio = log_of(ratio)
-        states = [_Draft.of(d, m) for d, m in zip(drafts, margins or [None] * len(drafts))]
-        passes = 0
+        states, passes = _Draft.each(drafts, margins), 0
         while any(s.result is None for s in states):
             rows = [s.row(w, h) for w, s in enumerate(states) if s.result is None for h in s.starts]
             readings = self.read(cross_kv, rows, keep_kv=True, log_ratio=log_ratio)
@@ -268,6 +267,11 @@ class _Draft:
     def of(cls, draft: list[int], margins: list[float] | None = None) -> _Draft:
         """A window's verification before its first pass (capped at MAX_NEW_TOKENS; empty: final at once)."""
         return cls(draft[:MAX_NEW_TOKENS], result=None if draft else [], margins=margins)
+
+    @classmethod
+    def each(cls, drafts: list[list[int]], margins: list[list[float]] | None) -> list[_Draft]:
+        """`of` for every window's draft, with its margins if any (`Rescorer.verify`'s arguments)."""
+        return [cls.of(d, m) for d, m in zip(drafts, margins or [None] * len(drafts))]
 
     def row(self, w: int, h: int) -> Row:
         """Hypothesis h (the draft from h on, after the accepted prefix) as window w's row to read. Draft
@@ -335,11 +339,8 @@ def trusted_margins(draft: list[int], source: list[int], probs: list[float], rat
     diffusion decoder's probability for it (`probs` of its candidate's ids `source`, matched to the
     draft's ids; 0.5, neutral, where the re-encoded text differs)."""
     q = [0.5] * len(draft)
-    if draft == source:
-        q = list(probs)
-    else:
-        for a, b, n in difflib.SequenceMatcher(None, draft, source, autojunk=False).get_matching_blocks():
-            q[a: a + n] = probs[b: b + n]
+    for a, b, n in difflib.SequenceMatcher(None, draft, source, autojunk=False).get_matching_blocks():
+        q[a: a + n] = probs[b: b + n]
     base = log_of(ratio)
     return [min(0.0, base - trust * math.log(max(x, EPS) / max(1.0 - x, EPS))) for x in q]
 

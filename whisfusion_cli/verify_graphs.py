@@ -61,8 +61,7 @@ class FixedVerifier:
                margins: list[list[float]] | None = None) -> tuple[list[list[int]], int]:
         """As rescoring.Rescorer.verify: the accepted texts and the passes made (summed over groups of windows)."""
         texts, passes = [], 0
-        states = [rescoring._Draft.of(d, m) for d, m in zip(drafts, margins or [None] * len(drafts))]
-        for kv, group in _groups(cross_kv, states):
+        for kv, group in _groups(cross_kv, rescoring._Draft.each(drafts, margins)):
             t, n = self._verify(kv, group, rescoring.log_of(ratio))
             texts += t
             passes += n
