@@ -6,11 +6,15 @@ the library inside their bodies. Progress and logs go to stderr so stdout can ca
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import tempfile
 import time
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
@@ -19,13 +23,33 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
-from . import __version__
 from .config import PRESETS, DecodingOptions, TrainConfig, decoding_overrides, resolve_decoding_options
 from .errors import WhisfusionError
 from .transcript import parse_formats
 
-app = typer.Typer(name="whisfusion", rich_markup_mode="rich", no_args_is_help=True,
+
+class _FlagsTakeNoValue:
+    """Help shows flags bare: this typer labels them "<bool>" as if they took a value (--quiet true)."""
+
+    def get_params(self, ctx: Any) -> list:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_FlagsTakeNoValue, TyperCommand):
+    pass
+
+
+class Group(_FlagsTakeNoValue, TyperGroup):
+    pass
+
+
+app = typer.Typer(name="whisfusion", cls=Group, rich_markup_mode="rich", no_args_is_help=True,
                   context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_show_locals=False,
                   help="Fast non-autoregressive speech transcription: a Whisper encoder + a masked-diffusion "
                        "decoder, decoded in a fixed number of parallel steps (Whisfusion, arXiv 2508.07048).")
@@ -50,16 +74,26 @@ def setup_logging(quiet: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)])
 
 
+def package_version() -> str:
+    """The installed distribution's version, else the package's __version__ (a source checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("whisfusion")
+    except PackageNotFoundError:
+        return getattr(sys.modules[__package__ or "whisfusion_cli"], "__version__", "unknown")
+
+
 def version_callback(value: bool) -> None:
     if value:
-        out.print(f"whisfusion {__version__}")
+        out.print(f"whisfusion {package_version()}", markup=False)
         raise typer.Exit()
 
 
 @app.callback()
 def main_options(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=version_callback, is_eager=True,
-                                                     help="Show the version and exit.")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Show the version and exit.")] = False,
 ) -> None:
     """Transcribe speech with Whisfusion."""
 
@@ -81,11 +115,11 @@ VerifyOpt = Annotated[Optional[float], typer.Option(
                                        "token stays if its AR probability is at least this share of the AR's "
                                        "best token's, else the AR's replaces it; 1.0 = Whisper's greedy "
                                        "transcript exactly, 0 = off. Overrides the preset.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cuda or cpu.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cuda, cuda:N or cpu.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
 
 
-@app.command()
+@app.command(cls=Command)
 def transcribe(
     inputs: Annotated[list[Path], typer.Argument(help="Media files and/or folders (searched recursively).",
                                                  show_default=False)],
@@ -109,12 +143,16 @@ def transcribe(
     seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed (PDD).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Timing breakdown per stage.")] = False,
+    language: Annotated[str, typer.Option(
+        "--language", help="Language spoken: whisfusion models (the bundled one too) are English-only; a "
+                           "multilingual Whisper baseline takes its codes (de, fr, ...).")] = "en",
 ) -> None:
     """Transcribe media files or folders to txt/srt/vtt/json/tsv.
 
-    With one file, no -o and txt, the transcript goes to stdout.
+    With one file, no -o and txt, the transcript goes to stdout. The input - reads the media from
+    standard input (cat clip.flac | whisfusion transcribe -); a file named -x goes after -- (-- -x).
     Files whose outputs exist are skipped (rerun after a crash to resume).
-    Exit code: 0 all ok, 1 some files failed, 2 usage error.
+    Exit code: 0 all ok, 1 some files failed or are missing, 2 usage error.
     """
     setup_logging(quiet, verbose)
     try:
@@ -125,28 +163,77 @@ def transcribe(
         if model is None:
             raise fail("no bundled model in this install; pass --model DIR|REPO "
                        "(a whisfusion checkpoint, or a Whisper one for the AR baseline)", 2)
-        from .transcribe import TranscribeOptions, collect_jobs
+        check_flag_values(inputs)
+        from .transcribe import STDIN, TranscribeOptions, check_device
 
-        jobs = collect_jobs(inputs, output_dir)
-        check_output_dir(output_dir)
+        dev = check_device(device)
+    except WhisfusionError as e:
+        raise fail(str(e), 2) from None
+    with contextlib.ExitStack() as stack:
+        jobs, missing = gather_inputs(inputs, output_dir, stack)
+        to_stdout = (len(jobs) == 1 and not missing and output_dir is None and fmts == ("txt",)
+                     and not inputs[0].is_dir())
+        asr, options, lang = load_checked(model, dev, dtype, preset, overrides, options, language)
+        redo = overwrite or to_stdout or list(inputs) == [STDIN]  # piped media: no earlier run to resume
+        topts = TranscribeOptions(fmts, redo, batch_size, not to_stdout, options, language=lang)
+        failures = run_jobs(asr, jobs, topts, quiet, verbose, to_stdout, missing)
+    raise typer.Exit(1 if failures else 0)
+
+
+FLAG_VALUES = frozenset({"true", "false", "yes", "no", "on", "off"})
+
+
+def check_flag_values(inputs: list[Path]) -> None:
+    """Catches `--quiet true`: flags take no value, so `true` would otherwise be read as an input."""
+    for path in inputs:
+        if str(path).lower() in FLAG_VALUES and not path.exists():
+            raise WhisfusionError(f"{path}: no such file or folder; flags take no value "
+                                  "(write --quiet, not --quiet true)")
+
+
+def gather_inputs(inputs: list[Path], output_dir: Path | None,
+                  stack: contextlib.ExitStack) -> tuple[list, list[str]]:
+    """The jobs (media piped to stdin is spooled to a temp folder that lives as long as `stack`) and
+    one message per missing input, printed here: all missing is a usage error, some a failure."""
+    from .transcribe import STDIN, find_jobs, spool_stdin
+
+    try:
+        stdin = None
+        if STDIN in inputs:
+            stream = typer.get_binary_stream("stdin")
+            if stream.isatty():
+                raise WhisfusionError("-: standard input is a terminal; pipe media in (cat clip.flac | "
+                                      "whisfusion transcribe -), or give a file named -x as -- -x")
+            spool_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="whisfusion-"))
+            stdin = spool_stdin(stream, spool_dir)
+        jobs, missing = find_jobs(inputs, output_dir, stdin)
+        if jobs:
+            check_output_dir(output_dir)
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
     if not jobs:
-        raise fail("no media files found in the given folders", 2)
-    to_stdout = len(jobs) == 1 and output_dir is None and fmts == ("txt",) and not inputs[0].is_dir()
-    from .transcribe import WhisfusionASR, load_model
+        for message in missing[:-1]:
+            err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        raise fail(missing[-1] if missing else "no media files found in the given folders", 2)
+    for message in missing:
+        err.print(f"[red]failed:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return jobs, missing
+
+
+def load_checked(model: str, device: object, dtype: str, preset: str | None, overrides: dict,
+                 options: DecodingOptions | None, language: str) -> tuple[Any, DecodingOptions | None, str]:
+    """Loads the model and checks the decoding options and language against it (exit 2 if not)."""
+    from .transcribe import WhisfusionASR, load_model, set_language
 
     try:
-        asr = load_model(model, device, dtype)
+        asr = load_model(model, device, dtype)  # type: ignore[arg-type]
         if isinstance(asr, WhisfusionASR):
             if options is not None:
                 options = resolve_decoding_options(preset, overrides, asr.cfg)  # the model's own presets
             asr.check_options(options or asr.options())
+        return asr, options, set_language(asr, language)
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
-    topts = TranscribeOptions(fmts, overwrite or to_stdout, batch_size, not to_stdout, options)
-    failures = run_jobs(asr, jobs, topts, quiet, verbose, to_stdout)
-    raise typer.Exit(1 if failures else 0)
 
 
 def check_output_dir(output_dir: Path | None) -> None:
@@ -162,13 +249,14 @@ def check_output_dir(output_dir: Path | None) -> None:
         raise WhisfusionError(f"{output_dir}: output folder is not writable")
 
 
-def run_jobs(asr: object, jobs: list, topts: object, quiet: bool, verbose: bool, to_stdout: bool) -> int:
-    """Drives transcribe_files with a progress bar; returns the number of failed files."""
+def run_jobs(asr: object, jobs: list, topts: object, quiet: bool, verbose: bool, to_stdout: bool,
+             missing: Sequence[str] = ()) -> int:
+    """Drives transcribe_files with a progress bar; returns the number of failed (or missing) files."""
     from .transcribe import FileDone, FileFailed, FileStarted, WindowsDone, transcribe_files
 
     t0 = time.perf_counter()
     stats = {"files": 0, "skipped": 0, "audio_s": 0.0, "load_s": 0.0, "write_s": 0.0}
-    failed: list[tuple[Path, str]] = []
+    failed: list[str] = list(missing)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                TimeRemainingColumn())
     with Progress(*columns, console=err, disable=quiet, transient=True) as progress:
@@ -183,7 +271,7 @@ def run_jobs(asr: object, jobs: list, topts: object, quiet: bool, verbose: bool,
                 progress.advance(current[event.job.source], event.seconds)
                 progress.advance(overall, event.seconds)
             elif isinstance(event, FileFailed):
-                failed.append((event.job.source, event.error))
+                failed.append(event.error)
                 err.print(f"[red]failed:[/] {escape(event.error)}", highlight=False, soft_wrap=True)
             elif isinstance(event, FileDone):
                 report_done(event, progress, current, stats, quiet, to_stdout)
@@ -228,7 +316,7 @@ def print_summary(stats: dict, failed: list, wall: float, asr: object, verbose: 
         err.print(f"[red]{len(failed)} file(s) failed[/] (listed above)", highlight=False)
 
 
-@app.command()
+@app.command(cls=Command)
 def bench(
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", help="Whisfusion checkpoint to time; default: random weights of the paper's shapes "
@@ -252,8 +340,8 @@ def bench(
 
     from .asr import WhisfusionASR
     from .bench import BenchOptions, ar_baseline, random_models, record_to_dict, run_bench, summarize
-    from .checkpoint import resolve_device, resolve_dtype
-    from .transcribe import load_model
+    from .checkpoint import resolve_dtype
+    from .transcribe import check_device, load_model
 
     try:
         opts = BenchOptions(presets=tuple(p.strip() for p in presets.split(",") if p.strip()),
@@ -261,7 +349,7 @@ def bench(
                             long_form_min=long_form, repeats=repeats)
         for p in opts.presets:
             DecodingOptions.from_preset(p)
-        dev = resolve_device(device)
+        dev = check_device(device)
         dt = resolve_dtype(dtype, dev)
         pdd_asr, ar_asr = random_models(encoder, decoder, dev, dt)
         weights = "random"
@@ -300,7 +388,7 @@ def _default(name: str) -> object:
     return _T[name].default
 
 
-@app.command()
+@app.command(cls=Command)
 def train(
     data: Annotated[list[str], typer.Option("--data", "-d", help="Training source, repeatable: a JSONL manifest "
                                                                  "or a LibriSpeech-layout folder.", show_default=False)],
@@ -370,29 +458,34 @@ def train(
         err.print(f"checkpoint: {best}", highlight=False)
 
 
-eval_app = typer.Typer(help="Measure WER/CER, oracle WER, RTF and per-stage ms the way the paper does "
-                            "(Tables 3, 4, 6), for whisfusion and the AR baseline alike.",
+eval_app = typer.Typer(cls=Group, help="Measure WER/CER, oracle WER, RTF and per-stage ms the way the paper "
+                                       "does (Tables 3, 4, 6), for whisfusion and the AR baseline alike.",
                        context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
 
-def run_eval(examples: list, skipped: object, model: str | None, preset: str | None, limit: int | None,
+def run_eval(examples: list, skipped: Counter, model: str | None, preset: str | None, limit: int | None,
              batch_size: int, device: str, dtype: str, json_out: Path | None, select: str | None = None,
              verify: float | None = None) -> None:
-    """Loads the model, evaluates with a progress bar, prints the tables, writes the JSON."""
+    """Loads the model, evaluates with a progress bar, prints the tables, writes the JSON.
+
+    Exits 1 with one line when no utterance could be scored (all missing, unreadable or too long).
+    """
     import json
 
     from .evaluate import EvalOptions, evaluate
     from .report import report_to_dict
-    from .transcribe import load_model
+    from .transcribe import check_device, load_model
 
     model = model or default_model()
     if model is None:
         raise fail("no bundled model in this install; pass --model DIR|REPO", 2)
+    if not examples:
+        raise fail(nothing_scored(skipped), 1)
     try:
         overrides = decoding_overrides(select=select, verify=verify)
         options = resolve_decoding_options(preset, overrides)
-        asr = load_model(model, device, dtype)
+        asr = load_model(model, check_device(device), dtype)
         if asr.engine == "pdd":
             if options is not None:
                 options = resolve_decoding_options(preset, overrides, asr.cfg)  # type: ignore[attr-defined]
@@ -405,10 +498,18 @@ def run_eval(examples: list, skipped: object, model: str | None, preset: str | N
         task = progress.add_task("evaluating", total=None)
         report = evaluate(asr, examples, eopts, lambda done, total: progress.update(task, completed=done,
                                                                                     total=total))
+    if not report.overall.n_utterances:
+        raise fail(nothing_scored(skipped + Counter(report.skipped)), 1)
     print_eval(report)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report_to_dict(report), indent=2, allow_nan=False) + "\n")
+
+
+def nothing_scored(skipped: Counter) -> str:
+    """The one line for an evaluation that scored no utterance, with the skip reasons."""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in skipped.items() if n)
+    return "no utterance could be scored" + (f" (skipped: {reasons})" if reasons else " (none to evaluate)")
 
 
 def print_eval(report: object) -> None:
@@ -441,7 +542,7 @@ JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the full 
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Utterances per batch.")]
 
 
-@eval_app.command("librispeech")
+@eval_app.command("librispeech", cls=Command)
 def eval_librispeech(
     root: Annotated[Path, typer.Argument(help="A LibriSpeech-layout folder (<subset>/<spk>/<chapter>/*.flac).")],
     subset: Annotated[Optional[str], typer.Option("--subset", help="Comma-separated subsets, e.g. "
@@ -460,7 +561,7 @@ def eval_librispeech(
     run_eval(examples, skipped, model, preset, limit, batch_size, device, dtype, json_out, select, verify)
 
 
-@eval_app.command("manifest")
+@eval_app.command("manifest", cls=Command)
 def eval_manifest(
     manifest: Annotated[Path, typer.Argument(help='A JSONL file of {"audio", "text", "duration"} rows.')],
     model: ModelOpt = None, preset: PresetOpt = None, select: SelectOpt = None, verify: VerifyOpt = None,

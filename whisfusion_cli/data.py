@@ -134,3 +134,31 @@ def micro_batch_span(micro: int, batch_size: int, rank: int = 0, world_size: int
     """
     start = (micro * world_size + rank) * batch_size
     return start, start + batch_size
+
+
+LONG_PAUSE_S = 0.5  # the silence between clips joined into a long evaluation window
+
+
+def long_windows(durations: list[float], low: float = 25.0, high: float = 30.0,
+                 pause_s: float = LONG_PAUSE_S) -> list[list[int]]:
+    """Clips grouped into long windows of `low`..`high` seconds (pauses included), first fit in order.
+
+    Each window takes the earliest unused clip, then every later unused clip that still fits, until
+    it reaches `low` seconds; the dense 25-30 s windows most of a long file is cut into, made from
+    short clips whose references are known. A window that cannot reach `low` keeps what it has.
+    """
+    unused = list(range(len(durations)))
+    windows: list[list[int]] = []
+    while unused:
+        window = [unused.pop(0)]
+        length = durations[window[0]]
+        i = 0
+        while length < low and i < len(unused):
+            more = pause_s + durations[unused[i]]
+            if length + more <= high:
+                length += more
+                window.append(unused.pop(i))
+            else:
+                i += 1
+        windows.append(window)
+    return windows

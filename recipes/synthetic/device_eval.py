@@ -2,7 +2,9 @@
 
 Sets: `progress.jsonl` rows of a make_dataset.py folder by split (e.g. test_voices: held-out
 voices and books) and a folder of `<id>.npy` 16 kHz clips with a `transcripts.json` ({id: text}),
-e.g. real LibriSpeech clips decoded beforehand. Prints and writes one JSON record per
+e.g. real LibriSpeech clips decoded beforehand, and a manifest of real recordings (`--manifest`,
+shared/data/dev-real: its native-speaker clips, its speechocean762 clips, and long windows of
+25-30 s joined from all of them and from the native ones, `data.long_windows`). Prints and writes one JSON record per
 (model, set, setting): WER, oracle WER over the k candidates, clips, decode seconds.
 
     python recipes/synthetic/device_eval.py --models /tmp/run/model --data /tmp/synth \
@@ -24,7 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stream_train import read_audio
 
+import numpy as np
+
 from whisfusion_cli.asr import load_model
+from whisfusion_cli.data import LONG_PAUSE_S, long_windows
 from whisfusion_cli.wer import normalize, word_errors
 
 # name -> (preset, overrides): the paper's presets, then more steps for the accurate one
@@ -63,10 +68,30 @@ def load_sets(data: list[Path], splits: list[str], npy: Path | None, limit: int)
     return {k: v for k, v in sets.items() if v}
 
 
+NON_NATIVE = "speechocean762"  # dev-real's non-native corpus (speaker labels name it)
+
+
+def manifest_sets(manifest: Path) -> dict[str, list]:
+    """dev-real's sets: native clips, speechocean762 clips, long windows of all / of the native ones."""
+    rows = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
+    clips = [(read_audio(manifest.parent / r["audio"]), r["text"], r["speaker"]) for r in rows]
+    native = [c for c in clips if NON_NATIVE not in c[2]]
+    gap = np.zeros(int(LONG_PAUSE_S * 16000), np.float32)
+
+    def joined(part: list) -> list:
+        out = []
+        for w in long_windows([len(c[0]) / 16000 for c in part]):
+            audio = np.concatenate([x for i in w for x in (gap, part[i][0])][1:])
+            out.append((audio, " ".join(part[i][1] for i in w), "long"))
+        return out
+    return {"devreal-native": native, "devreal-so": [c for c in clips if NON_NATIVE in c[2]],
+            "long-all": joined(clips), "long-native": joined(native)}
+
+
 def score(model, clips: list, setting: str, batch: int) -> dict:
     preset, overrides = SETTINGS.get(setting, (None, {}))
     options = model.options(preset, **overrides) if model.engine == "pdd" else None
-    errors = words = oracle = 0
+    errors = words = oracle = passes = 0
     by_voice: dict[str, list[int]] = {}
     t0 = time.perf_counter()
     examples = []
@@ -75,14 +100,14 @@ def score(model, clips: list, setting: str, batch: int) -> dict:
         for (_, ref, voice), res in zip(chunk, model.decode_windows([c[0] for c in chunk], options)):
             e, n = word_errors(normalize(ref), normalize(res.text))
             cands = [word_errors(normalize(ref), normalize(c))[0] for c in res.candidates] or [e]
-            errors, words, oracle = errors + e, words + n, oracle + min(cands)
+            errors, words, oracle, passes = errors + e, words + n, oracle + min(cands), passes + res.ar_passes
             counts = by_voice.setdefault(voice, [0, 0])
             counts[0], counts[1] = counts[0] + e, counts[1] + n
             if len(examples) < 4:
                 examples.append({"ref": ref, "hyp": res.text})
     model.stopwatch.sync()
     return {"wer": round(errors / max(1, words), 4), "oracle_wer": round(oracle / max(1, words), 4),
-            "clips": len(clips), "words": words, "seconds": round(time.perf_counter() - t0, 2),
+            "clips": len(clips), "words": words, "ar_passes": round(passes / max(1, len(clips)), 2), "seconds": round(time.perf_counter() - t0, 2),
             "wer_by_voice": {v: round(e / max(1, n), 4) for v, (e, n) in sorted(by_voice.items())},
             "examples": examples}
 
@@ -93,12 +118,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--data", nargs="*", type=Path, default=[])
     p.add_argument("--splits", nargs="*", default=["test_voices", "val"])
     p.add_argument("--npy", type=Path)
+    p.add_argument("--manifest", type=Path, help="real recordings (dev-real's manifest.jsonl): 4 sets")
+    p.add_argument("--sets", nargs="*", help="evaluate only these of the sets read (e.g. devreal-native long-native)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS))
     p.add_argument("--limit", type=int, default=200, help="clips per split")
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=16, help="clips per batch; ar_passes is per batch (per clip at 1)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     sets = load_sets(args.data, args.splits, args.npy, args.limit)
+    if args.manifest:
+        sets.update(manifest_sets(args.manifest))
+    if args.sets:
+        sets = {k: v for k, v in sets.items() if k in args.sets}
     records = []
     for path in args.models:
         model = load_model(path, device="auto")

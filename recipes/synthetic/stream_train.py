@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import time
 import wave
@@ -32,6 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "recipes"))
 
 from whisfusion_cli.asr import FRAME_BUCKET
 from whisfusion_cli.audio import SAMPLE_RATE
@@ -43,6 +45,8 @@ from whisfusion_cli.diffusion import forward_process, masked_diffusion_loss
 from whisfusion_cli.distributed import autocast
 from whisfusion_cli.model import Whisfusion
 from whisfusion_cli.splits import canvas_targets
+
+from realspeech.mix import RealClips, join_windows, own_canvas
 
 
 def read_audio(path: Path) -> np.ndarray:
@@ -65,8 +69,9 @@ def read_audio(path: Path) -> np.ndarray:
 class Store:
     """Encoder states (fp16, on the GPU) and token ids of the clips read so far, per split."""
 
-    def __init__(self, encoder: torch.nn.Module, encode_texts, max_len: int):
+    def __init__(self, encoder: torch.nn.Module, encode_texts, max_len: int, join: float = 0.0):
         self.encoder, self.encode_texts, self.max_len = encoder, encode_texts, max_len
+        self.join, self.rand = join, random.Random(11)  # share of train clips also joined into long windows
         self.device = next(encoder.parameters()).device
         self.clips: dict[str, list[tuple[torch.Tensor, list[int], float, str]]] = {}
         self.read: dict[Path, int] = {}  # progress file -> bytes consumed
@@ -92,6 +97,12 @@ class Store:
         rows = [(d, r) for d in dirs if (d / "progress.jsonl").is_file()
                 for r in self._new_rows(d / "progress.jsonl")][:limit]
         audio = list(self.pool.map(lambda dr: read_audio(dr[0] / dr[1]["audio"]), rows))
+        if self.join > 0:  # long, full windows beside the single clips (realspeech.mix.join_windows)
+            picked = [(a, r["text"]) for a, (_, r) in zip(audio, rows)
+                      if r.get("split", "train") == "train" and self.rand.random() < self.join]
+            for a, text in join_windows(picked, self.rand):
+                audio.append(a)
+                rows.append((None, {"text": text, "split": "train"}))
         for i in range(0, len(rows), 32):
             states = encode_clips(self.encoder, audio[i: i + 32], self.device)
             all_ids = self.encode_texts([row["text"] for _, row in rows[i: i + 32]])
@@ -101,10 +112,11 @@ class Store:
                         (st, ids, len(clip) / SAMPLE_RATE, row["text"]))
         return len(rows)
 
-    def batch(self, split: str, idx: list[int], eos_id: int) -> tuple[torch.Tensor, ...]:
+    def batch(self, split: str, idx: list[int], eos_id: int, extra: list | None = None) -> tuple[torch.Tensor, ...]:
         """xa (B, S, C) fp16, n_frames (B,), x0 (B, L) with end-of-text padding, as training and
-        decoding shape them (S bucketed to FRAME_BUCKET; L = the adaptive canvas)."""
-        clips = [self.clips[split][i] for i in idx]
+        decoding shape them (S bucketed to FRAME_BUCKET; L = the adaptive canvas); `extra`: more
+        examples shaped as the store keeps them (real speech drawn this step)."""
+        clips = [self.clips[split][i] for i in idx] + list(extra or [])
         xa, n_frames = pad_states([c[0] for c in clips], FRAME_BUCKET)
         x0 = canvas_targets([c[1] for c in clips], [c[2] for c in clips], eos_id, self.max_len)
         return xa, n_frames, x0.to(self.device)
@@ -130,11 +142,16 @@ def build(args: argparse.Namespace, device: torch.device):
     return model.to(device), wcfg, tok
 
 
-def trainable(model: Whisfusion, stage: str, lr: float, train_embedding: bool) -> torch.optim.Optimizer:
+def trainable(model: Whisfusion, stage: str, lr: float, train_embedding: bool,
+              freeze_cross: bool = False) -> torch.optim.Optimizer:
     """AdamW over the decoder (encoder frozen). A pretrained decoder keeps its tied embedding rows
-    fixed (a gradient hook zeroes them) except the [MASK] row, unless train_embedding."""
+    fixed (a gradient hook zeroes them) except the [MASK] row, unless train_embedding; freeze_cross
+    also keeps the cross-attention (and its norm) as they are."""
     model.encoder.requires_grad_(False)
     model.decoder.requires_grad_(True)
+    for name, p in model.decoder.named_parameters():
+        if freeze_cross and any(a in name for a in getattr(model.decoder, "adapter_names", ())):
+            p.requires_grad_(False)
     emb = getattr(model.decoder, "embed_tokens", None)
     if emb is not None and not train_embedding and not hasattr(emb, "_row_hook"):
         keep = torch.zeros(emb.weight.shape[0], 1, device=emb.weight.device)
@@ -206,7 +223,13 @@ def train(args: argparse.Namespace) -> None:
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     model, wcfg, tok = build(args, device)
-    store = Store(model.encoder.eval(), tok.encode_transcripts, wcfg.decoder.max_seq_len)
+    store = Store(model.encoder.eval(), tok.encode_transcripts, wcfg.decoder.max_seq_len, args.join)
+    real = RealClips([Path(m) for m in args.real], tok.encode_transcripts, wcfg.decoder.max_seq_len, device,
+                     read_audio) if args.real else None
+    n_real = round(args.real_share * args.batch) if real else 0
+    if real:
+        log_line = {"real_clips": len(real), "real_h": round(real.hours(), 2), "real_per_batch": n_real}
+        print(json.dumps(log_line), flush=True)
     dirs = [Path(d) for d in args.data]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,13 +237,13 @@ def train(args: argparse.Namespace) -> None:
         store.poll(dirs)
         time.sleep(2)
     t_start = time.time()
-    stage, opt = "1", trainable(model, "1", args.lr, args.train_embedding)
+    stage, opt = "1", trainable(model, "1", args.lr, args.train_embedding, args.freeze_cross)
     gen = torch.Generator(device).manual_seed(args.seed)
     total_s, step, last_poll, snapshots = args.minutes * 60, 0, time.time(), list(args.snapshot_minutes)
     model.train()
     while (elapsed := time.time() - t_start) < total_s and step < args.max_steps:
         if stage == "1" and (elapsed > args.stage1_frac * total_s or step >= args.stage1_frac * args.max_steps):
-            stage, opt = "2", trainable(model, "2", args.lr2, args.train_embedding)
+            stage, opt = "2", trainable(model, "2", args.lr2, args.train_embedding, args.freeze_cross)
             stage2_step = step
         if time.time() - last_poll > args.poll_s:
             store.poll(dirs)
@@ -236,11 +259,19 @@ def train(args: argparse.Namespace) -> None:
         for g in opt.param_groups:
             g.setdefault("base_lr", g["lr"])
             g["lr"] = g["base_lr"] * scale
-        idx = draw(store.count("train"), args.batch, args.fresh, gen)
-        xa, n_frames, x0 = store.batch("train", idx, wcfg.eos_id)
+        idx = draw(store.count("train"), args.batch - n_real, args.fresh, gen)
+        extra = real.draw(n_real, model.encoder, store.rand, gen, args.real_join, args.specaug) if n_real else []
+        xa, n_frames, x0 = store.batch("train", idx, wcfg.eos_id, extra)
         xt, masked, t = forward_process(x0, wcfg.decoder.mask_id, *t_range, gen)
         with autocast(device):
-            logits = model.decoder(xt, model.decoder.cross_kv(xa.float(), n_frames))
+            kv = model.decoder.cross_kv(xa.float(), n_frames)
+            if args.own > 0:  # a share of rows sees its own predictions in context (realspeech.mix.own_canvas)
+                with torch.no_grad():
+                    xt2, m2, t2 = own_canvas(model.decoder(xt, kv), xt, masked, wcfg.decoder.mask_id, gen)
+                rows = torch.rand(len(xt), device=device, generator=gen) < args.own
+                xt, masked, t = (torch.where(rows[:, None], xt2, xt), torch.where(rows[:, None], m2, masked),
+                                 torch.where(rows, t2, t))
+            logits = model.decoder(xt, kv)
         loss = masked_diffusion_loss(logits, x0, masked, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -289,6 +320,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-clips", type=int, default=128, help="held-out-book clips validated on")
     p.add_argument("--snapshot-minutes", type=float, nargs="*", default=[], help="also save the model then")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--join", type=float, default=0.0,
+                   help="share of new train clips also joined (with pauses) into 20-30 s windows")
+    p.add_argument("--real", nargs="*", default=[], help="manifest.jsonl files of real speech (realspeech/label.py)")
+    p.add_argument("--real-share", type=float, default=0.25, help="share of each batch drawn from --real")
+    p.add_argument("--real-join", type=float, default=0.3,
+                   help="share of real draws joined with more of the speaker's clips into one window")
+    p.add_argument("--specaug", action="store_true", help="SpecAugment masks on the real clips' log-mel, drawn per step")
+    p.add_argument("--own", type=float, default=0.0,
+                   help="share of rows trained on a canvas holding the model's own predictions")
+    p.add_argument("--freeze-cross", action="store_true", help="keep the cross-attention as it is")
     p.add_argument("--device", default="auto", help="auto: cuda when available")
     args = p.parse_args(argv)
     if not (args.whisper or args.init):
