@@ -314,6 +314,30 @@ def test_one_file_to_txt_goes_to_stdout_only(real_clips, weights_dir, tmp_path) 
     assert list(tmp_path.iterdir()) == [clip]
 
 
+def test_word_timestamps_in_every_format(real_clips, weights_dir, tmp_path) -> None:
+    clip = real_clips[0][0]  # 10.4 s: "He hoped there would be stew for dinner, turnips and carrots ..."
+    result = runner.invoke(app, ["transcribe", str(clip), "-m", str(weights_dir / "whisper-tiny.en"), "-o",
+                                 str(tmp_path), "-f", "json,srt,vtt,tsv", "--word-timestamps", "-q",
+                                 "--max-line-width", "24", "--max-line-count", "1", "--max-cue-seconds", "3"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / f"{clip.stem}.json").read_text())
+    words = [w for s in data["segments"] for w in s["words"]]
+    assert [w["word"].strip(" ,.").lower() for w in words][:5] == ["he", "hoped", "there", "would", "be"]
+    assert all(set(w) == {"word", "start", "end", "probability"} for w in words)
+    assert all(s["start"] == s["words"][0]["start"] and s["end"] == s["words"][-1]["end"] for s in data["segments"])
+    _check_times([(w["start"], w["end"]) for w in words], 10.44)
+    subs = list(srt.parse((tmp_path / f"{clip.stem}.srt").read_text()))
+    captions = webvtt.read(str(tmp_path / f"{clip.stem}.vtt")).captions
+    assert len(subs) == len(captions) > 3
+    assert all(len(s.content) <= 24 and "\n" not in s.content for s in subs)
+    assert all((s.end - s.start).total_seconds() <= 3.0 for s in subs)
+    _check_times([(s.start.total_seconds(), s.end.total_seconds()) for s in subs], 10.44)
+    assert [c.text for c in captions] == [s.content for s in subs]
+    assert [_seconds(c.start_time) for c in captions] == pytest.approx([s.start.total_seconds() for s in subs])
+    rows = (tmp_path / f"{clip.stem}.tsv").read_text().splitlines()
+    assert len(rows) == 1 + len(words)
+
+
 def test_quiet_success_prints_nothing_to_stderr(real_clips, tiny_ckpt, tmp_path) -> None:
     proc = _whisfusion("transcribe", real_clips[2][0], "-o", tmp_path, "-f", "srt", "-m", tiny_ckpt, "-q")
     assert (proc.returncode, proc.stderr, proc.stdout) == (0, "", "")
@@ -334,6 +358,8 @@ runner = CliRunner()
     (["{clip}", "--format", "txt,docx"], "unknown output format 'docx'"),
     (["{clip}", "-o", "{tmp}/file.txt/out"], "cannot create output folder"),
     (["{tmp}/empty_dir"], "no media files found"),
+    (["{clip}", "--max-line-width", "0"], "subtitle limits must be positive"),
+    (["{clip}", "--word-timestamps"], "ships no rescorer (Whisper's AR decoder), which word timestamps need"),
 ])
 def test_usage_errors_are_one_line_with_exit_2(args, needle, real_clips, tiny_ckpt, tmp_path) -> None:
     (tmp_path / "file.txt").write_text("a regular file\n")

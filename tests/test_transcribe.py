@@ -32,6 +32,7 @@ from whisfusion_cli.transcribe import (
     decode_with_backoff,
     transcribe_files,
 )
+from whisfusion_cli.transcript import SubtitleOptions, Word
 
 SR = SAMPLE_RATE
 LONG_S = 600.0  # the long file's length, at least
@@ -255,3 +256,31 @@ def test_json_names_the_preset_it_decoded_with(real_clips, tiny_model, tmp_path)
     options = TranscribeOptions(("json",), overwrite=True, decoding=DecodingOptions.from_preset("fast", k=2))
     list(transcribe_files(tiny_model, job, options))
     assert json.loads((tmp_path / "a.json").read_text())["preset"] == "k=2,steps=3"
+
+
+class _WordModel(_EchoModel):
+    """Every window says "One two. Three" with words at fixed times from its start."""
+
+    def decode_windows(self, windows, options=None, word_timestamps=False) -> list[WindowResult]:
+        self.calls.append(len(windows))
+        words = (Word(" One", 0.1, 0.3, 0.9), Word(" two.", 0.3, 0.6, 0.8), Word(" Three", 1.0, 1.4, 0.7))
+        return [WindowResult("One two. Three", 0.8, words=words if word_timestamps else ()) for _ in windows]
+
+
+def test_word_timestamps_give_sentence_segments_and_word_cues(real_clips, tmp_path) -> None:
+    jobs = _jobs(real_clips[:1], tmp_path)
+    options = TranscribeOptions(("json", "srt", "tsv"), word_timestamps=True,
+                                subtitles=SubtitleOptions(max_line_width=10))
+    (done,) = [e for e in transcribe_files(_WordModel(), jobs, options) if isinstance(e, FileDone)]  # type: ignore
+    (window,) = split_windows(load_audio(real_clips[0][0]))
+    segments = done.transcript.segments
+    assert [s.text for s in segments] == ["One two.", "Three"] and [s.id for s in segments] == [0, 1]
+    assert segments[0].start == pytest.approx(window.start + 0.1) and segments[1].end == pytest.approx(window.start + 1.4)
+    data = json.loads((tmp_path / f"{jobs[0].stem.name}.json").read_text())
+    assert [w["word"] for w in data["segments"][0]["words"]] == [" One", " two."]
+    srt_text = (tmp_path / f"{jobs[0].stem.name}.srt").read_text()
+    assert "One two." in srt_text and "Three" in srt_text  # cut at the sentence end before a pause
+    assert len((tmp_path / f"{jobs[0].stem.name}.tsv").read_text().splitlines()) == 4  # header + 3 words
+    plain = TranscribeOptions(("json",), overwrite=True)
+    (done,) = [e for e in transcribe_files(_WordModel(), jobs, plain) if isinstance(e, FileDone)]  # type: ignore
+    assert [s.text for s in done.transcript.segments] == ["One two. Three"] and not done.transcript.segments[0].words

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ from .model import Whisfusion
 from .rescoring import Rescorer, trusted_margins
 from .segment import SegmentOptions, split_windows
 from .selection import consensus, vote
+from .timing import word_timestamps
 from .tokenizer import Tokenizer
-from .transcript import Segment, Transcript
-from .whisper import WhisperModel
+from .transcript import Segment, Transcript, Word, window_segments
+from .whisper import WhisperModel, WhisperTextDecoder
 
 
 FRAME_BUCKET = 50  # encoder states kept per batch are rounded up to 1 s: few distinct shapes
@@ -47,6 +48,7 @@ class WindowResult:
     candidates: tuple[str, ...] = ()  # PDD: all k candidates (for oracle WER)
     n_tokens: int = 0
     ar_passes: int = 0  # PDD with verify: the AR decoder's passes over this window's batch
+    words: tuple[Word, ...] = ()  # word_timestamps=True: the text's words, seconds from the window's start
 
 
 class Stopwatch:
@@ -80,6 +82,7 @@ class ASRModel:
 
     engine = ""
     name = ""
+    tokenizer: Tokenizer
     n_mels = 80
     device = torch.device("cpu")
     dtype = torch.float32
@@ -99,9 +102,21 @@ class ASRModel:
         self.stopwatch.lap("encode")
         return xa
 
-    def decode_windows(self, windows: Sequence[np.ndarray],
-                       options: DecodingOptions | None = None) -> list[WindowResult]:
+    def decode_windows(self, windows: Sequence[np.ndarray], options: DecodingOptions | None = None,
+                       word_timestamps: bool = False) -> list[WindowResult]:
         raise NotImplementedError
+
+    def add_words(self, results: list[WindowResult], windows: Sequence[np.ndarray], xa: Tensor,
+                  decoder: WhisperTextDecoder, prompt: list[int], ids: list[list[int]] | None = None
+                  ) -> list[WindowResult]:
+        """The results with their words timed by Whisper's AR `decoder` over the windows' encoder
+        states xa (B, 1500, C) (timing.py); ids: the texts' ids if known, else encoded here.
+        Times the "align" stage."""
+        tok = self.tokenizer
+        ids = ids if ids is not None else tok.encode_transcripts([r.text for r in results])
+        words = word_timestamps(decoder, xa, prompt, tok.eos_id, ids, windows, tok.piece)
+        self.stopwatch.lap("align")
+        return [replace(r, words=tuple(w)) for r, w in zip(results, words)]
 
     def graphs_wanted(self) -> bool:
         """CUDA graphs by default on CUDA; WHISFUSION_CUDA_GRAPHS=0 turns them off."""
@@ -117,13 +132,17 @@ class ASRModel:
         return None
 
     def transcribe(self, audio: np.ndarray, preset: str | None = None, batch_size: int = 16,
-                   segment_options: SegmentOptions = SegmentOptions(), **overrides: Any) -> Transcript:
+                   segment_options: SegmentOptions = SegmentOptions(), word_timestamps: bool = False,
+                   **overrides: Any) -> Transcript:
         """Transcribes 16 kHz mono float32 audio of any length.
 
         Args:
             audio: (n_samples,) float32 at 16 kHz.
             preset: PDD preset name ("fast", "balanced", "accurate"); the checkpoint's default if None.
             batch_size: windows decoded together.
+            segment_options: how the audio is split into windows.
+            word_timestamps: time every word (Whisper's AR decoder aligns the text); each window
+                then gives one segment per sentence or phrase, with its `words`.
             **overrides: DecodingOptions fields (k, steps, schedule, seed, ...).
         """
         t0 = time.perf_counter()
@@ -132,9 +151,9 @@ class ASRModel:
         segments: list[Segment] = []
         for i in range(0, len(windows), batch_size):
             batch = windows[i: i + batch_size]
-            results = self.decode_windows([w.slice(audio) for w in batch], options)
+            results = self.decode_windows([w.slice(audio) for w in batch], options, word_timestamps)
             for w, r in zip(batch, results):
-                segments.append(Segment(len(segments), w.start, w.end, r.text, r.confidence))
+                segments += window_segments(len(segments), w.start, w.end, r.text, r.confidence, r.words)
         return Transcript(tuple(segments), len(audio) / SAMPLE_RATE, model=self.name,
                           preset=preset if self.engine == "pdd" else None,
                           timings={"total_s": time.perf_counter() - t0})
@@ -169,12 +188,12 @@ class WhisfusionASR(ASRModel):
         return self.cfg.decoding_options(preset, **overrides)
 
     @torch.inference_mode()
-    def decode_windows(self, windows: Sequence[np.ndarray],
-                       options: DecodingOptions | None = None) -> list[WindowResult]:
+    def decode_windows(self, windows: Sequence[np.ndarray], options: DecodingOptions | None = None,
+                       word_timestamps: bool = False) -> list[WindowResult]:
         options = options or self.options()
         if not windows:
             return []
-        self.check_options(options)
+        self.check_options(options, word_timestamps)
         frames = [audio_frames(len(w)) for w in windows]
         n_frames = torch.tensor(frames, device=self.device)
         n_states = min(N_AUDIO_CTX, -(-max(frames) // FRAME_BUCKET) * FRAME_BUCKET)
@@ -192,13 +211,17 @@ class WhisfusionASR(ASRModel):
         ids, texts, probs = zip(*(self._texts(cands[i], conf[i], options) for i in range(len(windows))))
         results = self._results(list(texts), list(ids), best, scores, xa, options, list(probs))
         self.stopwatch.lap("decode")
+        if word_timestamps and self.rescorer is not None:
+            results = self.add_words(results, windows, xa, self.rescorer.decoder, self.rescorer.prompt)
         return results
 
-    def check_options(self, options: DecodingOptions) -> None:
+    def check_options(self, options: DecodingOptions, word_timestamps: bool = False) -> None:
         """Raises ConfigError if the options need what this model lacks (a rescorer)."""
-        if (options.select == "rescore" or options.verify) and self.rescorer is None:
+        needs = "--select rescore and --verify need" if options.select == "rescore" or options.verify else \
+            "word timestamps need" if word_timestamps else None
+        if needs and self.rescorer is None:
             raise ConfigError(f"{self.name or 'this model'} ships no rescorer (Whisper's AR decoder), which "
-                              "--select rescore and --verify need")
+                              f"{needs}")
 
     def _decoder_fn(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
                     sizes: tuple[int, ...]) -> DecoderFn:
@@ -276,16 +299,19 @@ class WhisperASR(ASRModel):
         self.use_encoder_graphs(self.graphs_wanted())
 
     @torch.inference_mode()
-    def decode_windows(self, windows: Sequence[np.ndarray],
-                       options: DecodingOptions | None = None) -> list[WindowResult]:
+    def decode_windows(self, windows: Sequence[np.ndarray], options: DecodingOptions | None = None,
+                       word_timestamps: bool = False) -> list[WindowResult]:
         if not windows:
             return []
         xa = self.encode(windows)
         n = self.forced_tokens
         ids, mean_logprob = self.net.greedy(xa, self.prompt, self.eot, self.eot, *((n, n) if n else ()))
         self.stopwatch.lap("decode")
-        return [WindowResult(self.tokenizer.decode(t), float(lp.exp()), (), len(t))
-                for t, lp in zip(ids, mean_logprob)]
+        results = [WindowResult(self.tokenizer.decode(t), float(lp.exp()), (), len(t))
+                   for t, lp in zip(ids, mean_logprob)]
+        if word_timestamps:
+            results = self.add_words(results, windows, xa, self.net.decoder, self.prompt, ids)
+        return results
 
 
 def load_model(path_or_repo: str | Path, device: str | torch.device = "auto",

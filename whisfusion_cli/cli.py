@@ -27,7 +27,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from .config import PRESETS, DecodingOptions, TrainConfig, decoding_overrides, resolve_decoding_options
 from .errors import WhisfusionError
-from .transcript import parse_formats
+from .transcript import SubtitleOptions, parse_formats
 
 
 class _FlagsTakeNoValue:
@@ -102,8 +102,8 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Model directory or Hugging Face repo id; a plain Whisper checkpoint runs the "
                           "autoregressive baseline. Default: the bundled model.")]
 PresetOpt = Annotated[Optional[str], typer.Option(
-    "--preset", "-p", help=f"PDD preset: {', '.join(f'{n} (k={p.k}, N={p.steps})' for n, p in PRESETS.items())} "
-                           "as in the paper; a model may tune them in its config.json (the bundled one: fast and "
+    "--preset", "-p", help=f"{', '.join(f'{n} (k={p.k}, N={p.steps})' for n, p in PRESETS.items())}: the "
+                           "paper's PDD presets; a model may tune them in its config.json (the bundled one: fast and "
                            "balanced N=4/8 steps, accurate a balanced draft verified by Whisper's decoder; see its "
                            "MODEL_CARD.md). Default: the model's.")]
 SelectOpt = Annotated[Optional[str], typer.Option(
@@ -117,6 +117,7 @@ VerifyOpt = Annotated[Optional[float], typer.Option(
                                        "transcript exactly, 0 = off. Overrides the preset.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cuda, cuda:N or cpu.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
+_S = SubtitleOptions()  # subtitle defaults are read from the dataclass, never retyped
 
 
 @app.command(cls=Command)
@@ -146,6 +147,16 @@ def transcribe(
     language: Annotated[str, typer.Option(
         "--language", help="Language spoken: whisfusion models (the bundled one too) are English-only; a "
                            "multilingual Whisper baseline takes its codes (de, fr, ...).")] = "en",
+    word_timestamps: Annotated[bool, typer.Option(
+        "--word-timestamps", help="Time every word (Whisper's AR decoder aligns the text): json gets words, "
+                                  "tsv a row per word, srt/vtt cues follow the words; segments are "
+                                  "sentence-sized.")] = False,
+    max_line_width: Annotated[int, typer.Option(
+        "--max-line-width", help="srt/vtt: characters per line.")] = _S.max_line_width,
+    max_line_count: Annotated[int, typer.Option(
+        "--max-line-count", help="srt/vtt: lines per cue.")] = _S.max_line_count,
+    max_cue_seconds: Annotated[float, typer.Option(
+        "--max-cue-seconds", help="srt/vtt: longest cue in seconds.")] = _S.max_cue_seconds,
 ) -> None:
     """Transcribe media files or folders to txt/srt/vtt/json/tsv.
 
@@ -157,6 +168,7 @@ def transcribe(
     setup_logging(quiet, verbose)
     try:
         fmts = parse_formats(formats)
+        subtitles = SubtitleOptions(max_line_width, max_line_count, max_cue_seconds)
         overrides = decoding_overrides(k, steps, schedule, seed, select, verify)
         options = resolve_decoding_options(preset, overrides)  # checked now; resolved against the model below
         model = model or default_model()
@@ -173,9 +185,10 @@ def transcribe(
         jobs, missing = gather_inputs(inputs, output_dir, stack)
         to_stdout = (len(jobs) == 1 and not missing and output_dir is None and fmts == ("txt",)
                      and not inputs[0].is_dir())
-        asr, options, lang = load_checked(model, dev, dtype, preset, overrides, options, language)
+        asr, options, lang = load_checked(model, dev, dtype, preset, overrides, options, language, word_timestamps)
         redo = overwrite or to_stdout or list(inputs) == [STDIN]  # piped media: no earlier run to resume
-        topts = TranscribeOptions(fmts, redo, batch_size, not to_stdout, options, language=lang)
+        topts = TranscribeOptions(fmts, redo, batch_size, not to_stdout, options, language=lang,
+                                  word_timestamps=word_timestamps, subtitles=subtitles)
         failures = run_jobs(asr, jobs, topts, quiet, verbose, to_stdout, missing)
     raise typer.Exit(1 if failures else 0)
 
@@ -221,7 +234,8 @@ def gather_inputs(inputs: list[Path], output_dir: Path | None,
 
 
 def load_checked(model: str, device: object, dtype: str, preset: str | None, overrides: dict,
-                 options: DecodingOptions | None, language: str) -> tuple[Any, DecodingOptions | None, str]:
+                 options: DecodingOptions | None, language: str,
+                 word_timestamps: bool = False) -> tuple[Any, DecodingOptions | None, str]:
     """Loads the model and checks the decoding options and language against it (exit 2 if not)."""
     from .transcribe import WhisfusionASR, load_model, set_language
 
@@ -230,7 +244,7 @@ def load_checked(model: str, device: object, dtype: str, preset: str | None, ove
         if isinstance(asr, WhisfusionASR):
             if options is not None:
                 options = resolve_decoding_options(preset, overrides, asr.cfg)  # the model's own presets
-            asr.check_options(options or asr.options())
+            asr.check_options(options or asr.options(), word_timestamps)
         return asr, options, set_language(asr, language)
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
@@ -311,6 +325,7 @@ def print_summary(stats: dict, failed: list, wall: float, asr: object, verbose: 
             f"{k} {v:.3f}" for k, v in {"ffmpeg decode": stats["load_s"], "log-mel": totals.get("mel", 0.0),
                                         "encoder": totals.get("encode", 0.0),
                                         "decoder": totals.get("decode", 0.0),
+                                        **({"word timing": totals["align"]} if "align" in totals else {}),
                                         "write": stats["write_s"]}.items()), highlight=False, soft_wrap=True)
     if failed:
         err.print(f"[red]{len(failed)} file(s) failed[/] (listed above)", highlight=False)

@@ -65,6 +65,10 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=True).strip()
 
+    def piece(self, ids: Iterable[int]) -> str:
+        """The text of ids as written, not stripped (" Hello" keeps its space; specials spelt out)."""
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
     def save(self, path: str | Path) -> None:
         self.hf.save(str(path))
 

@@ -27,7 +27,7 @@ from .checkpoint import resolve_device
 from .config import DecodingOptions
 from .errors import AudioError, ConfigError, WhisfusionError
 from .segment import SegmentOptions, Window, split_windows
-from .transcript import Segment, Transcript, output_paths, write_transcript
+from .transcript import Segment, SubtitleOptions, Transcript, output_paths, window_segments, write_transcript
 
 __all__ = ["ASRModel", "WhisfusionASR", "WhisperASR", "WindowResult", "load_model", "MEDIA_EXTENSIONS",
            "Job", "TranscribeOptions", "STDIN", "check_device", "set_language", "spool_stdin", "find_jobs",
@@ -66,6 +66,8 @@ class TranscribeOptions:
     decoding: DecodingOptions | None = None  # None: the model's default preset
     segment: SegmentOptions = field(default_factory=SegmentOptions)
     language: str = "en"  # written into each transcript (see `set_language`)
+    word_timestamps: bool = False  # time every word; segments become sentence-sized, cues follow words
+    subtitles: SubtitleOptions = field(default_factory=SubtitleOptions)  # srt/vtt cue layout
 
 
 @dataclass(frozen=True)
@@ -218,10 +220,12 @@ def outputs_exist(job: Job, formats: Iterable[str]) -> bool:
     return all(p.exists() for p in output_paths(job.stem, formats).values())
 
 
-def decode_with_backoff(model: ASRModel, windows: list[np.ndarray],
-                        options: DecodingOptions | None) -> list[WindowResult]:
+def decode_with_backoff(model: ASRModel, windows: list[np.ndarray], options: DecodingOptions | None,
+                        word_timestamps: bool = False) -> list[WindowResult]:
     """Decodes a batch; on CUDA out-of-memory, halves it and retries (down to one window)."""
     try:
+        if word_timestamps:
+            return model.decode_windows(windows, options, word_timestamps=True)
         return model.decode_windows(windows, options)
     except torch.cuda.OutOfMemoryError:
         if len(windows) == 1:
@@ -230,8 +234,8 @@ def decode_with_backoff(model: ASRModel, windows: list[np.ndarray],
         half = len(windows) // 2
         log.warning("CUDA out of memory at %d windows: retrying as %d + %d", len(windows), half,
                     len(windows) - half)
-        return (decode_with_backoff(model, windows[:half], options)
-                + decode_with_backoff(model, windows[half:], options))
+        return (decode_with_backoff(model, windows[:half], options, word_timestamps)
+                + decode_with_backoff(model, windows[half:], options, word_timestamps))
 
 
 @dataclass(eq=False)  # hashed by identity
@@ -260,8 +264,11 @@ def _prefetch(jobs: list[Job]) -> Iterator[tuple[Job, Future]]:
 
 
 def _finish(state: _FileState, model: ASRModel, options: TranscribeOptions) -> FileDone | FileFailed:
-    segments = tuple(Segment(i, w.start, w.end, state.results[i].text, state.results[i].confidence)
-                     for i, w in enumerate(state.windows))
+    segments: list[Segment] = []
+    for i, w in enumerate(state.windows):
+        r = state.results[i]
+        segments += window_segments(len(segments), w.start, w.end, r.text, r.confidence, r.words,
+                                    options.subtitles.max_silence_s)
     decoding = options.decoding or model.options()  # None: the model's default preset (PDD) or AR
     preset = None if decoding is None or model.engine != "pdd" else _preset_label(decoding)
     transcript = Transcript(segments, len(state.audio) / SAMPLE_RATE, language=options.language,
@@ -272,7 +279,7 @@ def _finish(state: _FileState, model: ASRModel, options: TranscribeOptions) -> F
         return FileDone(state.job, transcript, (), warning=warning)
     t0 = time.perf_counter()
     try:
-        paths = write_transcript(transcript, state.job.stem, options.formats)
+        paths = write_transcript(transcript, state.job.stem, options.formats, options.subtitles)
     except OSError as e:
         return FileFailed(state.job, _write_error(state.job, e))
     return FileDone(state.job, transcript, tuple(paths), warning=warning, write_s=time.perf_counter() - t0)
@@ -295,7 +302,8 @@ def _run_batch(queue: list[tuple[_FileState, int]], model: ASRModel,
     """Decodes the queued windows (in place: the queue is emptied) and finishes completed files."""
     batch = list(queue)
     queue.clear()
-    results = decode_with_backoff(model, [s.windows[i].slice(s.audio) for s, i in batch], options.decoding)
+    results = decode_with_backoff(model, [s.windows[i].slice(s.audio) for s, i in batch], options.decoding,
+                                  options.word_timestamps)
     for (state, i), result in zip(batch, results):
         state.results[i] = result
         yield WindowsDone(state.job, state.windows[i].duration)

@@ -4,9 +4,9 @@ Torch-free on purpose (stdlib only): the CLI imports this module at start-up. Th
 follow faster-whisper (typed `Segment`s, not dicts); the json and tsv layouts mirror
 openai-whisper's `utils.py` writers so existing tooling can read them.
 
-Subtitle cues: a segment is a window of up to 30 s of text without word timestamps, so
-`subtitle_cues` splits it into readable cues and shares the segment's time out proportionally
-to character count.
+Subtitle cues (layout rules in cues.py): with word timestamps a cue's times are its words';
+without them a segment is a window of up to 30 s of text, so `subtitle_cues` splits it into
+readable cues and shares the segment's time out proportionally to character count.
 """
 
 from __future__ import annotations
@@ -15,26 +15,39 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .cues import DEFAULT_SUBTITLES, SubtitleOptions, sentence_spans, text_cues, word_cues
 from .errors import ConfigError
 
 __all__ = [
-    "FORMATS", "Segment", "Transcript", "format_json", "format_srt", "format_tsv", "format_txt",
-    "format_vtt", "output_paths", "parse_formats", "subtitle_cues", "write_atomic", "write_transcript",
+    "FORMATS", "Segment", "SubtitleOptions", "Transcript", "Word", "format_json", "format_srt",
+    "format_tsv", "format_txt", "format_vtt", "output_paths", "parse_formats", "subtitle_cues",
+    "window_segments", "write_atomic", "write_transcript",
 ]  # fmt: skip
 
 FORMATS: tuple[str, ...] = ("txt", "srt", "vtt", "json", "tsv")
 
-_SENTENCE_END = (".", "?", "!", "…")
-_CLAUSE_END = (",", ";", ":")
-_CLOSERS = "\"')]}»”’"  # stripped before looking for the punctuation a word ends with
-# A punctuation cut is taken only if it keeps this share of the longest cue that would fit,
-# so "Yes. And then ..." does not flash "Yes." alone for a fraction of a second.
-_MIN_CUT_FRACTION = 0.3
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word with its times (openai-whisper's word timestamps).
+
+    Attributes:
+        word: The word as the decoder wrote it, with its leading space and attached punctuation.
+        start: Start time in seconds, absolute in the file.
+        end: End time in seconds, absolute in the file.
+        probability: The decoder's mean probability of the word's tokens.
+    """
+
+    word: str
+    start: float
+    end: float
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,8 @@ class Segment:
         end: End time in seconds, absolute in the file.
         text: The transcribed text.
         confidence: Mean token confidence from the decoder, if it reports one.
+        words: The segment's words with their times, when word timestamps were asked for
+            (a list given here is stored as a tuple).
     """
 
     id: int
@@ -54,6 +69,10 @@ class Segment:
     end: float
     text: str
     confidence: float | None = None
+    words: tuple[Word, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "words", tuple(self.words))
 
 
 @dataclass(frozen=True)
@@ -110,106 +129,46 @@ def parse_formats(spec: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _wrap(words: list[str], width: int) -> list[str]:
-    """Greedily wraps words into lines of at most `width` chars; a longer word gets its own line."""
-    lines: list[str] = []
-    for word in words:
-        if lines and len(lines[-1]) + 1 + len(word) <= width:
-            lines[-1] += " " + word
-        else:
-            lines.append(word)
-    return lines
-
-
-def _ends_with(word: str, marks: tuple[str, ...]) -> bool:
-    """Whether `word` ends with one of `marks`, ignoring closing quotes and brackets."""
-    return word.rstrip(_CLOSERS).endswith(marks)
-
-
-def _longest_fit(
-    words: list[str], offsets: list[int], i: int, max_chars: float, fits: Callable[[list[str]], bool]
-) -> int:
-    """The largest j > i such that words[i:j] fits a cue (at least i + 1: one word always goes).
-
-    `max_chars` bounds the cue's share of the segment's characters (its trailing space
-    included), i.e. its duration; `fits` checks the line wrapping.
-    """
-    j = i + 1
-    while j < len(words) and offsets[j + 1] - offsets[i] <= max_chars and fits(words[i : j + 1]):
-        j += 1
-    return j
-
-
-def _choose_cut(words: list[str], offsets: list[int], i: int, j: int) -> int:
-    """Where to end the cue words[i:j]: after sentence punctuation, else a comma, else at j."""
-    if j == len(words):
-        return j
-    shortest = offsets[i] + _MIN_CUT_FRACTION * (offsets[j] - offsets[i])
-    for marks in (_SENTENCE_END, _CLAUSE_END):
-        for k in range(j, i, -1):
-            if offsets[k] < shortest:
-                break
-            if _ends_with(words[k - 1], marks):
-                return k
-    return j
-
-
-def _segment_cues(
-    segment: Segment, max_chars_per_line: int, max_lines: int, max_cue_s: float
-) -> list[Segment]:
-    """Splits one segment into cues (ids unset) with times shared out by character count."""
-    words = segment.text.split()
-    if not words:
-        return []
-    # offsets[k]: where word k starts in " ".join(words); offsets[-1] is the total length plus one,
-    # so each cue owns the space after its last word and the segment's time is covered exactly.
-    offsets = [0]
-    for word in words:
-        offsets.append(offsets[-1] + len(word) + 1)
-    n_chars = offsets[-1]
-    span = max(segment.end - segment.start, 0.0)
-    max_chars = max_cue_s * n_chars / span if span > 0 else math.inf
-
-    def fits(cue_words: list[str]) -> bool:
-        return len(_wrap(cue_words, max_chars_per_line)) <= max_lines
-
-    def boundary(k: int) -> float:
-        # the segment's own ends exactly; cuts inside it on the millisecond grid of srt/vtt
-        if k == 0 or k == len(words):
-            return segment.start + (span if k else 0.0)
-        cut = round(segment.start + span * offsets[k] / n_chars, 3)
-        return min(max(cut, segment.start), segment.start + span)
-
+def _transcript_cues(transcript: Transcript, options: SubtitleOptions) -> list[Segment]:
+    """Cues (ids unset): from the words of runs of segments that have them, else from the text."""
     cues: list[Segment] = []
-    i = 0
-    while i < len(words):
-        j = _choose_cut(words, offsets, i, _longest_fit(words, offsets, i, max_chars, fits))
-        start = boundary(i)
-        # A sparse window (one word over 20 s) would still give a long cue: cap its duration.
-        end = min(boundary(j), start + max_cue_s)
-        text = "\n".join(_wrap(words[i:j], max_chars_per_line))
-        cues.append(Segment(0, start, end, text, segment.confidence))
-        i = j
+    run: list[Segment] = []  # consecutive segments with words: their cues may span segments
+    for segment in (*transcript.segments, None):
+        if segment is not None and segment.words:
+            run.append(segment)
+            continue
+        if run:
+            words = [w for s in run for w in s.words]
+            confidence = run[0].confidence
+            cues += [Segment(0, c.start, c.end, c.text, confidence)
+                     for c in word_cues(words, options, cues[-1].end if cues else 0.0)]
+            run = []
+        if segment is not None:
+            cues += [Segment(0, c.start, c.end, c.text, segment.confidence)
+                     for c in text_cues(segment.text, segment.start, segment.end, options)]
     return cues
 
 
 def subtitle_cues(
-    transcript: Transcript, max_chars_per_line: int = 42, max_lines: int = 2, max_cue_s: float = 7.0
+    transcript: Transcript, max_chars_per_line: int = 42, max_lines: int = 2, max_cue_s: float = 7.0,
+    options: SubtitleOptions | None = None,
 ) -> list[Segment]:
     """Splits the transcript's segments into subtitle cues.
 
     Each cue lasts at most `max_cue_s` and its text wraps, at word boundaries, into at most
     `max_lines` lines of at most `max_chars_per_line` chars (a single longer word is allowed on
-    a line of its own). Cuts prefer the end of a sentence (. ? !), then a comma (, ; :), else
-    the longest text that fits. Times are shared out by character count within a segment, so
-    cues are in time order, do not overlap and stay inside their segment. Blank segments give
-    no cue.
+    a line of its own). Segments with word timestamps give cues whose times are their words'
+    (see `cues.word_cues`: cut at sentence ends and pauses, never across a silence of
+    `max_silence_s`). Without words, cuts prefer the end of a sentence (. ? !), then a comma
+    (, ; :), else the longest text that fits, and times are shared out by character count within a
+    segment. Either way cues are in time order and do not overlap. Blank segments give no cue.
 
     Args:
         transcript: The transcript to split.
         max_chars_per_line: Line width in characters.
         max_lines: Lines per cue.
         max_cue_s: Longest cue in seconds.
+        options: All limits at once; when given, the three above are ignored.
 
     Returns:
         The cues as Segments numbered from 1, their text lines joined with "\\n", each carrying
@@ -218,17 +177,30 @@ def subtitle_cues(
     Raises:
         ConfigError: (a ValueError) if a limit is not positive.
     """
-    if max_chars_per_line < 1 or max_lines < 1 or not max_cue_s > 0:
-        raise ConfigError(
-            f"subtitle limits must be positive, got max_chars_per_line={max_chars_per_line}, "
-            f"max_lines={max_lines}, max_cue_s={max_cue_s}"
-        )
-    cues = [
-        cue
-        for segment in transcript.segments
-        for cue in _segment_cues(segment, max_chars_per_line, max_lines, max_cue_s)
-    ]
-    return [replace(cue, id=n) for n, cue in enumerate(cues, start=1)]
+    if options is None:
+        options = SubtitleOptions(max_chars_per_line, max_lines, max_cue_s)
+    return [replace(cue, id=n) for n, cue in enumerate(_transcript_cues(transcript, options), start=1)]
+
+
+def window_segments(first_id: int, start: float, end: float, text: str, confidence: float | None,
+                    words: Sequence[Word] = (), max_silence_s: float = 1.0) -> list[Segment]:
+    """The segments of one decoded window: the window itself without words; with words, one
+    segment per sentence or phrase (cut at sentence ends and silences of `max_silence_s`), its
+    times its first and last word's, its text its words'.
+
+    Args:
+        first_id: The id of the first segment.
+        start, end: The window's times in seconds, absolute in the file.
+        text: The window's text.
+        confidence: The window's confidence, given to each of its segments.
+        words: The window's words, times in seconds from the window's start.
+    """
+    if not words:
+        return [Segment(first_id, start, end, text, confidence)]
+    words = [replace(w, start=start + w.start, end=min(start + w.end, end)) for w in words]
+    return [Segment(first_id + n, words[i].start, words[j - 1].end,
+                    "".join(w.word for w in words[i:j]).strip(), confidence, tuple(words[i:j]))
+            for n, (i, j) in enumerate(sentence_spans(words, max_silence_s))]
 
 
 def _timestamp(seconds: float, decimal_marker: str) -> str:
@@ -251,11 +223,11 @@ def format_txt(transcript: Transcript) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def format_srt(transcript: Transcript) -> str:
-    """SubRip subtitles from `subtitle_cues` with default limits; "" for no cues."""
+def format_srt(transcript: Transcript, options: SubtitleOptions = DEFAULT_SUBTITLES) -> str:
+    """SubRip subtitles from `subtitle_cues` (default limits unless given); "" for no cues."""
     return "".join(
         f"{cue.id}\n{_timestamp(cue.start, ',')} --> {_timestamp(cue.end, ',')}\n{cue.text}\n\n"
-        for cue in subtitle_cues(transcript)
+        for cue in subtitle_cues(transcript, options=options)
     )
 
 
@@ -264,11 +236,11 @@ def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def format_vtt(transcript: Transcript) -> str:
-    """WebVTT subtitles from `subtitle_cues` with default limits; "WEBVTT\\n\\n" for no cues."""
+def format_vtt(transcript: Transcript, options: SubtitleOptions = DEFAULT_SUBTITLES) -> str:
+    """WebVTT subtitles from the same cues as `format_srt`; "WEBVTT\\n\\n" for no cues."""
     cues = "".join(
         f"{_timestamp(cue.start, '.')} --> {_timestamp(cue.end, '.')}\n{_vtt_escape(cue.text)}\n\n"
-        for cue in subtitle_cues(transcript)
+        for cue in subtitle_cues(transcript, options=options)
     )
     return "WEBVTT\n\n" + cues
 
@@ -281,8 +253,9 @@ def _round(value: float | None) -> float | None:
 def format_json(transcript: Transcript) -> str:
     """JSON shaped like openai-whisper's result dict, floats rounded to 3 decimals.
 
-    Keys: text, segments (id, start, end, text, and confidence when the segment has one),
-    language, model, preset, duration, timings. Every segment is kept, blank ones included.
+    Keys: text, segments (id, start, end, text, confidence when the segment has one, and words:
+    word, start, end, probability, when it has word timestamps), language, model, preset,
+    duration, timings. Every segment is kept, blank ones included.
     Non-finite floats are written as null so the output stays valid JSON.
     """
     segments: list[dict[str, Any]] = []
@@ -290,6 +263,9 @@ def format_json(transcript: Transcript) -> str:
         item: dict[str, Any] = {"id": s.id, "start": _round(s.start), "end": _round(s.end), "text": s.text}
         if s.confidence is not None:
             item["confidence"] = _round(s.confidence)
+        if s.words:
+            item["words"] = [{"word": w.word, "start": _round(w.start), "end": _round(w.end),
+                              "probability": _round(w.probability)} for w in s.words]
         segments.append(item)
     result = {
         "text": transcript.text,
@@ -306,19 +282,23 @@ def format_json(transcript: Transcript) -> str:
 def format_tsv(transcript: Transcript) -> str:
     """Tab-separated `start end text` rows, times in integer milliseconds (openai-whisper layout).
 
-    Every segment gets a row, blank ones included; tabs and newlines in text become spaces.
+    Every segment gets a row, blank ones included; with word timestamps every word does instead
+    (its text without the leading space). Tabs and newlines in text become spaces.
     """
-    rows = [
-        f"{max(round(s.start * 1000), 0)}\t{max(round(s.end * 1000), 0)}\t{_one_line(s.text)}\n"
-        for s in transcript.segments
-    ]
+    spans = [(s.start, s.end, s.text) for s in transcript.segments]
+    if any(s.words for s in transcript.segments):
+        spans = [(w.start, w.end, w.word) for s in transcript.segments for w in s.words]
+    rows = [f"{max(round(a * 1000), 0)}\t{max(round(b * 1000), 0)}\t{_one_line(text)}\n"
+            for a, b, text in spans]
     return "start\tend\ttext\n" + "".join(rows)
 
 
-_FORMATTERS: dict[str, Callable[[Transcript], str]] = {
-    "txt": format_txt,
+_FORMATTERS: dict[str, Callable[[Transcript, SubtitleOptions], str]] = {
     "srt": format_srt,
     "vtt": format_vtt,
+}
+_PLAIN: dict[str, Callable[[Transcript], str]] = {
+    "txt": format_txt,
     "json": format_json,
     "tsv": format_tsv,
 }
@@ -381,13 +361,15 @@ def output_paths(stem_path: Path, formats: str | Iterable[str]) -> dict[str, Pat
     return {fmt: stem_path.with_name(f"{stem_path.name}.{fmt}") for fmt in _check_formats(formats)}
 
 
-def write_transcript(transcript: Transcript, stem_path: Path, formats: str | Iterable[str]) -> list[Path]:
+def write_transcript(transcript: Transcript, stem_path: Path, formats: str | Iterable[str],
+                     subtitles: SubtitleOptions = DEFAULT_SUBTITLES) -> list[Path]:
     """Writes the transcript in each format next to `stem_path`, each file atomically.
 
     Args:
         transcript: The transcript to write.
         stem_path: Output path without extension (see `output_paths`).
         formats: Format names, or a spec string for `parse_formats`.
+        subtitles: The srt/vtt cue layout.
 
     Returns:
         The paths written, in format order.
@@ -398,5 +380,6 @@ def write_transcript(transcript: Transcript, stem_path: Path, formats: str | Ite
     """
     paths = output_paths(stem_path, formats)
     for fmt, path in paths.items():
-        write_atomic(path, _FORMATTERS[fmt](transcript))
+        text = _FORMATTERS[fmt](transcript, subtitles) if fmt in _FORMATTERS else _PLAIN[fmt](transcript)
+        write_atomic(path, text)
     return list(paths.values())

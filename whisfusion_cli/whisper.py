@@ -78,7 +78,14 @@ class LayerNorm(nn.LayerNorm):
 
 
 class MultiHeadAttention(nn.Module):
-    """Whisper attention (k_proj has no bias); SDPA for the softmax(QK^T)V part."""
+    """Whisper attention (k_proj has no bias); SDPA for the softmax(QK^T)V part.
+
+    With `keep_scores` set (timing.py, for word timestamps) the attention is computed by hand and
+    its logits QK^T/sqrt(Dh), (B, H, T, S) fp32, are kept in `scores`; the default path is SDPA's.
+    """
+
+    keep_scores = False
+    scores: Tensor | None = None
 
     def __init__(self, n_state: int, n_head: int, n_kv_state: int | None = None):
         super().__init__()
@@ -100,8 +107,23 @@ class MultiHeadAttention(nn.Module):
     def attend(self, x: Tensor, k: Tensor, v: Tensor, is_causal: bool = False,
                attn_mask: Tensor | None = None) -> Tensor:
         q = self.heads(self.q_proj(x))  # (B, H, T, Dh)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        if self.keep_scores:
+            y = self._attend_keeping_scores(q, k, v, is_causal, attn_mask)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         return self.out_proj(y.transpose(1, 2).flatten(2))  # (B, T, C)
+
+    def _attend_keeping_scores(self, q: Tensor, k: Tensor, v: Tensor, is_causal: bool,
+                               attn_mask: Tensor | None) -> Tensor:
+        """softmax(QK^T/sqrt(Dh))V (B, H, T, Dh) as SDPA computes it, keeping the logits in `scores`."""
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+        if is_causal:
+            t, s = scores.shape[-2:]
+            attn_mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril()  # SDPA: top-left
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, -math.inf)
+        self.scores = scores
+        return (scores.softmax(-1) @ v.float()).to(q.dtype)
 
     def forward(self, x: Tensor, is_causal: bool = False) -> Tensor:
         k, v = self.project_kv(x)
