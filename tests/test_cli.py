@@ -397,6 +397,12 @@ def test_help_lists_the_presets() -> None:
     assert "Files whose outputs exist are skipped" in result.stdout  # docstring lines are not hard-wrapped
 
 
+def test_help_says_the_batch_is_sized_by_memory() -> None:
+    result = runner.invoke(app, ["transcribe", "--help"])
+    assert result.exit_code == 0
+    assert "fit in memory" in " ".join(result.stdout.split())
+
+
 def test_overrides_apply_to_the_models_own_default_preset(real_clips, tiny_tokenizer, tmp_path) -> None:
     ckpt = _tiny_checkpoint(tiny_tokenizer, tmp_path / "fast-model", default_preset="fast")
     clip = real_clips[2][0]

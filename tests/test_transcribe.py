@@ -183,6 +183,9 @@ class _EchoModel:
     def options(self) -> None:
         return None
 
+    def batch_size(self, options, max_window_s: float) -> int:
+        return 16
+
     def decode_windows(self, windows, options=None) -> list[WindowResult]:
         self.calls.append(len(windows))
         if self.max_batch is not None and len(windows) > self.max_batch:
@@ -284,3 +287,19 @@ def test_word_timestamps_give_sentence_segments_and_word_cues(real_clips, tmp_pa
     plain = TranscribeOptions(("json",), overwrite=True)
     (done,) = [e for e in transcribe_files(_WordModel(), jobs, plain) if isinstance(e, FileDone)]  # type: ignore
     assert [s.text for s in done.transcript.segments] == ["One two. Three"] and not done.transcript.segments[0].words
+
+
+def test_batch_size_none_is_sized_by_the_model(tmp_path: Path) -> None:
+    """TranscribeOptions.batch_size None: the model says how many windows fit one batch."""
+    class Sized(_EchoModel):
+        def batch_size(self, options, max_window_s: float) -> int:
+            return 2
+
+    model = Sized()
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([np.concatenate([0.3 * rng.standard_normal(SAMPLE_RATE).astype(np.float32),
+                                            np.zeros(3 * SAMPLE_RATE, np.float32)]) for _ in range(5)])
+    src = tmp_path / "five.wav"
+    write_wav(src, audio)
+    list(transcribe_files(model, [Job(src, tmp_path / "five")], TranscribeOptions(write=False)))  # type: ignore
+    assert sum(model.calls) == 5 and max(model.calls) == 2

@@ -37,6 +37,12 @@ from .whisper import WhisperModel, WhisperTextDecoder
 
 
 FRAME_BUCKET = 50  # encoder states kept per batch are rounded up to 1 s: few distinct shapes
+CPU_DECODE_BUDGET = 1.5e9  # bytes of decoding working memory on the CPU, at most...
+CPU_DECODE_FRACTION = 0.25  # ...and at most this fraction of the RAM available now
+CUDA_DECODE_FRACTION = 0.5  # of the GPU memory free now (the CUDA path still halves a batch on OOM)
+MAX_AUTO_BATCH = 64  # windows per batch when sized automatically
+AR_BATCH = 16  # the AR baseline's batch: its logits are one position per row, never the bulk
+LOGITS_COPIES = 2  # logits and one same-sized temporary (the exp of the softmax in choose_tokens)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,41 @@ class Stopwatch:
     def sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def windows_per_batch(k: int, canvas_len: int, n_vocab: int, budget_bytes: float,
+                      limit: int = MAX_AUTO_BATCH) -> int:
+    """How many windows fit one PDD batch in `budget_bytes` of decoding working memory, in [1, limit].
+
+    The logits dominate: a step after the first computes k rows x up to L positions x V fp32 logits
+    per window (plus a same-sized temporary); the encoder states and K/V caches are small beside them.
+    """
+    per_window = LOGITS_COPIES * k * canvas_len * n_vocab * 4  # bytes
+    return max(1, min(limit, int(budget_bytes // per_window)))
+
+
+def decode_memory_budget(device: torch.device) -> float:
+    """Bytes a decoding batch may use: a share of the GPU's free memory, or of the RAM available
+    (capped at CPU_DECODE_BUDGET) on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return CUDA_DECODE_FRACTION * free
+    return min(CPU_DECODE_BUDGET, CPU_DECODE_FRACTION * available_ram())
+
+
+def available_ram() -> float:
+    """Bytes of RAM available now (Linux MemAvailable; elsewhere the free pages, or unbounded)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
 
 
 class ASRModel:
@@ -131,7 +172,11 @@ class ASRModel:
         """The decoding options for a preset plus overrides (None for the AR baseline)."""
         return None
 
-    def transcribe(self, audio: np.ndarray, preset: str | None = None, batch_size: int = 16,
+    def batch_size(self, options: DecodingOptions | None, max_window_s: float) -> int:
+        """Windows per batch that fit this device's memory, for windows up to `max_window_s` long."""
+        return AR_BATCH
+
+    def transcribe(self, audio: np.ndarray, preset: str | None = None, batch_size: int | None = None,
                    segment_options: SegmentOptions = SegmentOptions(), word_timestamps: bool = False,
                    **overrides: Any) -> Transcript:
         """Transcribes 16 kHz mono float32 audio of any length.
@@ -139,7 +184,7 @@ class ASRModel:
         Args:
             audio: (n_samples,) float32 at 16 kHz.
             preset: PDD preset name ("fast", "balanced", "accurate"); the checkpoint's default if None.
-            batch_size: windows decoded together.
+            batch_size: windows decoded together; None: as many as fit in memory (`batch_size()`).
             segment_options: how the audio is split into windows.
             word_timestamps: time every word (Whisper's AR decoder aligns the text); each window
                 then gives one segment per sentence or phrase, with its `words`.
@@ -148,6 +193,8 @@ class ASRModel:
         t0 = time.perf_counter()
         options = self.options(preset, **overrides)
         windows = split_windows(audio, segment_options)
+        longest = max((w.duration for w in windows), default=segment_options.max_window_s)
+        batch_size = batch_size or self.batch_size(options, longest)
         segments: list[Segment] = []
         for i in range(0, len(windows), batch_size):
             batch = windows[i: i + batch_size]
@@ -186,6 +233,13 @@ class WhisfusionASR(ASRModel):
 
     def options(self, preset: str | None = None, **overrides: Any) -> DecodingOptions:
         return self.cfg.decoding_options(preset, **overrides)
+
+    def batch_size(self, options: DecodingOptions | None, max_window_s: float) -> int:
+        options = options or self.options()
+        max_len = self.cfg.decoder.max_seq_len
+        canvas_len = min(options.canvas_len or canvas_length(max_window_s, max_len), max_len)
+        return windows_per_batch(options.k, canvas_len, self.cfg.decoder.vocab_size,
+                                 decode_memory_budget(self.device))
 
     @torch.inference_mode()
     def decode_windows(self, windows: Sequence[np.ndarray], options: DecodingOptions | None = None,

@@ -138,8 +138,10 @@ def transcribe(
         "--output-dir", "-o", help="Write outputs here (mirroring input folders) instead of beside each input.")] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows decoded together "
-                                                                        "(each x k candidates).")] = 16,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", min=1, help="Windows decoded together (each x k candidates); default: as many as "
+                                    "fit in memory (a share of free RAM, at most 1.5 GB, or of free GPU "
+                                    "memory).")] = None,  # TranscribeOptions.batch_size (torch-free here)
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo files whose outputs exist.")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed (PDD).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,

@@ -61,7 +61,7 @@ class Job:
 class TranscribeOptions:
     formats: tuple[str, ...] = ("txt",)
     overwrite: bool = False
-    batch_size: int = 16  # windows per decoder batch (each x k candidates)
+    batch_size: int | None = None  # windows per decoder batch (each x k candidates); None: sized by memory
     write: bool = True  # False: only yield transcripts (e.g. the CLI prints to stdout)
     decoding: DecodingOptions | None = None  # None: the model's default preset
     segment: SegmentOptions = field(default_factory=SegmentOptions)
@@ -322,6 +322,8 @@ def transcribe_files(model: ASRModel, jobs: list[Job], options: TranscribeOption
         if job not in todo:
             yield FileDone(job, None, skipped=True)
     queue: list[tuple[_FileState, int]] = []
+    batch_size = options.batch_size or model.batch_size(options.decoding, options.segment.max_window_s)
+    log.debug("decoding %d window(s) per batch", batch_size)
     for job, future in _prefetch(todo):
         try:
             audio, load_s = future.result()
@@ -333,9 +335,9 @@ def transcribe_files(model: ASRModel, jobs: list[Job], options: TranscribeOption
         if not state.windows:
             yield _finish(state, model, options)
         queue += [(state, i) for i in range(len(state.windows))]
-        while len(queue) >= options.batch_size:
-            rest = queue[options.batch_size:]
-            del queue[options.batch_size:]
+        while len(queue) >= batch_size:
+            rest = queue[batch_size:]
+            del queue[batch_size:]
             yield from _run_batch(queue, model, options)
             queue += rest
     if queue:
