@@ -122,16 +122,17 @@ def test_long_windows_use_every_clip_once_in_25_to_30_s():
 
 def test_device_eval_reads_dev_real_as_native_non_native_and_long_windows(tmp_path):
     import json
-
-    import soundfile
+    import wave
 
     import device_eval
 
     rows = []
     for i, (seconds, speaker) in enumerate([(9, "x:VCTK-p225"), (8, "jimbozhang/speechocean762:1"), (10, "x:VCTK-p226"),
                                             (7, "jimbozhang/speechocean762:2"), (9, "y:CMU_ARCTIC-rms")]):
-        soundfile.write(tmp_path / f"d{i}.flac", np.full(seconds * SAMPLE_RATE, 0.01 * (i + 1), np.float32), SAMPLE_RATE)
-        rows.append({"audio": f"d{i}.flac", "text": f"clip {i}", "duration": seconds, "speaker": speaker})
+        with wave.open(str(tmp_path / f"d{i}.wav"), "wb") as w:  # 16-bit wav: read without soundfile
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(SAMPLE_RATE)
+            w.writeframes(np.full(seconds * SAMPLE_RATE, 300 * (i + 1), "<i2").tobytes())
+        rows.append({"audio": f"d{i}.wav", "text": f"clip {i}", "duration": seconds, "speaker": speaker})
     (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     sets = device_eval.manifest_sets(tmp_path / "manifest.jsonl")
     assert [t for _, t, _ in sets["devreal-native"]] == ["clip 0", "clip 2", "clip 4"]
