@@ -6,10 +6,13 @@ start-up do not import torch.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["DecodingOptions", "PRESETS", "Transcript", "Segment", "load_audio", "load_model", "__version__"]
+BUNDLED_MODEL = Path(__file__).parent / "assets" / "default-model"  # the model `transcribe` uses by default
+__all__ = ["BUNDLED_MODEL", "DecodingOptions", "PRESETS", "Transcript", "Segment", "load_audio", "load_model",
+           "__version__"]
 
 _LAZY = {
     "DecodingOptions": "config", "PRESETS": "config", "Transcript": "transcript", "Segment": "transcript",

@@ -65,8 +65,9 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 def default_model() -> str | None:
     """The model bundled with the package, if this install has one."""
-    bundled = Path(__file__).parent / "assets" / "default-model"
-    return str(bundled) if (bundled / "config.json").is_file() else None
+    from . import BUNDLED_MODEL
+
+    return str(BUNDLED_MODEL) if (BUNDLED_MODEL / "config.json").is_file() else None
 
 
 def setup_logging(quiet: bool, verbose: bool) -> None:
