@@ -265,17 +265,21 @@ class WhisfusionASR(ASRModel):
         ids, texts, probs = zip(*(self._texts(cands[i], conf[i], options) for i in range(len(windows))))
         results = self._results(list(texts), list(ids), best, scores, xa, options, list(probs))
         self.stopwatch.lap("decode")
-        if word_timestamps and self.rescorer is not None:
+        if word_timestamps:  # check_options made sure a rescorer ships
             results = self.add_words(results, windows, xa, self.rescorer.decoder, self.rescorer.prompt)
         return results
 
     def check_options(self, options: DecodingOptions, word_timestamps: bool = False) -> None:
         """Raises ConfigError if the options need what this model lacks (a rescorer)."""
-        needs = "--select rescore and --verify need" if options.select == "rescore" or options.verify else \
-            "word timestamps need" if word_timestamps else None
-        if needs and self.rescorer is None:
-            raise ConfigError(f"{self.name or 'this model'} ships no rescorer (Whisper's AR decoder), which "
-                              f"{needs}")
+        if self.rescorer is not None:
+            return
+        if options.select == "rescore" or options.verify:
+            needs = "--select rescore and --verify need"
+        elif word_timestamps:
+            needs = "word timestamps need"
+        else:
+            return
+        raise ConfigError(f"{self.name or 'this model'} ships no rescorer (Whisper's AR decoder), which {needs}")
 
     def _decoder_fn(self, xa: Tensor, n_frames: Tensor, n_rows: int, canvas_len: int,
                     sizes: tuple[int, ...]) -> DecoderFn:

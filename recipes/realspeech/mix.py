@@ -23,11 +23,12 @@ from torch import Tensor
 from whisfusion_cli.audio import N_SAMPLES, SAMPLE_RATE, audio_frames, log_mel_spectrogram
 
 MAX_WINDOW_S = 29.5  # joined windows stay inside one 30 s encoder window
+PAUSE_S = (0.15, 0.7)  # the pauses between joined clips, drawn uniformly
 
 
-def pause(gen: random.Random, low: float = 0.15, high: float = 0.7) -> np.ndarray:
+def pause(gen: random.Random) -> np.ndarray:
     """A short pause between joined clips: near-silence at -60 dBFS, not digital zero."""
-    n = int(gen.uniform(low, high) * SAMPLE_RATE)
+    n = int(gen.uniform(*PAUSE_S) * SAMPLE_RATE)
     return (np.random.default_rng(gen.randrange(2**31)).standard_normal(n) * 1e-3).astype(np.float32)
 
 
@@ -38,7 +39,7 @@ def join_windows(clips: list[tuple[np.ndarray, str]], gen: random.Random, low: f
     out, audio, texts, target = [], [], [], gen.uniform(low, high)
     for clip, text in clips:
         length = sum(len(a) for a in audio) / SAMPLE_RATE
-        if audio and length + 0.7 + len(clip) / SAMPLE_RATE > target:  # 0.7: the longest pause
+        if audio and length + PAUSE_S[1] + len(clip) / SAMPLE_RATE > target:
             if len(texts) > 1:
                 out.append((np.concatenate(audio), " ".join(texts)))
             audio, texts, target = [], [], gen.uniform(low, high)
@@ -107,7 +108,7 @@ class RealClips:
             others = [j for j in self.by_speaker[self.speaker_of[first]] if j != first]
             gen.shuffle(others)
             for j in others:
-                more = len(self.audio[j]) / SAMPLE_RATE + 0.7
+                more = len(self.audio[j]) / SAMPLE_RATE + PAUSE_S[1]
                 if length + more > target:
                     break
                 picked.append(j)
@@ -121,15 +122,16 @@ class RealClips:
         audio = torch.zeros(n, N_SAMPLES, device=self.device)
         examples = []
         for row in range(n):
-            picked = self._pick(gen, join)
-            parts = []
-            for j in picked:
-                parts += ([torch.from_numpy(pause(gen)).to(self.device)] if parts else []) + [self.audio[j].float()]
-            clip = torch.cat(parts)[:N_SAMPLES]
-            audio[row, : len(clip)] = clip
+            picked, end = self._pick(gen, join), 0
+            for j in picked:  # each clip written in place, after a pause of near-silence as `pause` makes
+                gap = int(gen.uniform(*PAUSE_S) * SAMPLE_RATE) if end else 0
+                audio[row, end: end + gap] = torch.randn(gap, device=self.device, generator=tgen) * 1e-3
+                clip = self.audio[j][: N_SAMPLES - end - gap]
+                audio[row, end + gap: end + gap + len(clip)] = clip
+                end = min(N_SAMPLES, end + gap + len(clip))
             text = " ".join(self.texts[j] for j in picked)
             ids = [i for j in picked for i in self.ids[j]]  # Whisper's BPE never merges across a space
-            examples.append((len(clip), ids[: self.max_len - 1], text))
+            examples.append((end, ids[: self.max_len - 1], text))
         param = encoder.conv1.weight
         mel = log_mel_spectrogram(audio, encoder.config.n_mels, pad=False, device=param.device)  # (n, 80, 3000)
         if specaug:

@@ -29,6 +29,7 @@ from stream_train import read_audio
 import numpy as np
 
 from whisfusion_cli.asr import load_model
+from whisfusion_cli.audio import SAMPLE_RATE
 from whisfusion_cli.data import LONG_PAUSE_S, long_windows
 from whisfusion_cli.wer import normalize, word_errors
 
@@ -76,11 +77,11 @@ def manifest_sets(manifest: Path) -> dict[str, list]:
     rows = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
     clips = [(read_audio(manifest.parent / r["audio"]), r["text"], r["speaker"]) for r in rows]
     native = [c for c in clips if NON_NATIVE not in c[2]]
-    gap = np.zeros(int(LONG_PAUSE_S * 16000), np.float32)
+    gap = np.zeros(int(LONG_PAUSE_S * SAMPLE_RATE), np.float32)
 
     def joined(part: list) -> list:
         out = []
-        for w in long_windows([len(c[0]) / 16000 for c in part]):
+        for w in long_windows([len(c[0]) / SAMPLE_RATE for c in part]):
             audio = np.concatenate([x for i in w for x in (gap, part[i][0])][1:])
             out.append((audio, " ".join(part[i][1] for i in w), "long"))
         return out
