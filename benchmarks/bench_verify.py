@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from whisfusion_cli import rescoring
+from whisfusion_cli import rescoring, verification
 from whisfusion_cli.bench import shaped_like
 
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    rescoring.MAX_NEW_TOKENS = args.max_new_tokens
+    verification.MAX_NEW_TOKENS = args.max_new_tokens
     pdd_asr, _ = shaped_like(args.shape_of, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     paths = (True, False) if device.type == "cuda" else (False,)
     rows = [time_passes(pdd_asr, int(w), args.tokens, args.repeats, g) for g in paths for w in args.windows.split(",")]

@@ -286,11 +286,11 @@ def test_cuda_padded_head_and_graphed_encoder_match_plain():
 def test_bench_verify_script_times_every_pass_to_the_cap(tmp_path, one_thread, monkeypatch, benchmark_script):
     """benchmarks/bench_verify.py on CPU: random drafts at r = 1 are corrected one token per pass, so
     every run makes exactly the capped number of passes, whatever the windows."""
-    from whisfusion_cli import rescoring
+    from whisfusion_cli import verification
     from whisfusion_cli.cli import default_model
 
     bench_verify = benchmark_script("bench_verify")
-    monkeypatch.setattr(rescoring, "MAX_NEW_TOKENS", rescoring.MAX_NEW_TOKENS)  # the script sets the cap
+    monkeypatch.setattr(verification, "MAX_NEW_TOKENS", verification.MAX_NEW_TOKENS)  # the script sets the cap
     bench_verify.main(["--shape-of", default_model(), "--windows", "1,2", "--max-new-tokens", "3",
                        "--repeats", "1", "--device", "cpu", "--out", str(tmp_path / "v.json")])
     d = json.loads((tmp_path / "v.json").read_text())

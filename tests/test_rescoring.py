@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from whisfusion_cli import rescoring, verify_graphs
+from whisfusion_cli import rescoring, verification, verify_graphs
 from whisfusion_cli.config import WhisperTextConfig
-from whisfusion_cli.rescoring import Rescorer, Row
+from whisfusion_cli.rescoring import Rescorer
+from whisfusion_cli.verification import Row
 from whisfusion_cli.whisper import WhisperTextDecoder
 
 EOT, PROMPT, N_NEW = 50, [60, 61], 10
@@ -19,7 +20,7 @@ EOT, PROMPT, N_NEW = 50, [60, 61], 10
 @pytest.fixture()
 def ar(one_thread, monkeypatch):
     """(a random AR decoder, its Rescorer sharing the embedding, audio states (2, 30, 32))."""
-    monkeypatch.setattr(rescoring, "MAX_NEW_TOKENS", N_NEW)
+    monkeypatch.setattr(verification, "MAX_NEW_TOKENS", N_NEW)
     torch.manual_seed(0)
     dec = WhisperTextDecoder(WhisperTextConfig(64, 32, 32, 4, 2, 64)).eval()
     with torch.no_grad():  # varied greedy texts (a random tied head repeats its input token) that hear the audio
@@ -83,6 +84,47 @@ def test_verify_at_ratio_one_is_whisper_greedy_from_any_draft(verifier, monkeypa
     assert rescorer.verify(kv, [[], want[1]], 1.0)[0] == [[], want[1]]  # no speech drafted: none written
 
 
+def test_verify_stops_at_each_windows_limit(verifier):
+    """A window's text never grows past its limit (the canvas its audio allows), however short the
+    draft and whatever the AR decoder would go on writing; a window within its limit is untouched."""
+    dec, rescorer, xa = verifier
+    want = greedy(dec, xa)
+    kv = rescorer.cross_kv(xa)
+    got, passes = rescorer.verify(kv, [[7], want[1]], 1.0, limits=[3, len(want[1]) + 1])
+    assert got == [want[0][:3], want[1]] and len(want[0]) > 3
+    assert passes <= 3  # a looping AR decoder would have gone on to MAX_NEW_TOKENS
+
+
+def test_a_verified_text_that_loops_keeps_the_draft(tiny_model):
+    """Whisper's compression-ratio test: the AR decoder looping ("all the way all the way ...") where
+    the draft did not gives the draft; a verified text that only corrects the draft is kept."""
+    from whisfusion_cli.config import DecodingOptions
+    from whisfusion_cli.verification import compression_ratio, looped
+
+    tok = tiny_model.tokenizer
+    loop = "I all the way" + " all the way" * 30
+    assert compression_ratio(loop) > 2.4 > compression_ratio("I always thought he was a good person.")
+    assert looped(loop, "I always thought") and not looped("I always thought so.", "I always thought")
+    assert not looped(loop, loop)  # the draft loops too: nothing better to fall back on
+
+    class Verifier:
+        def __init__(self, text):
+            self.text = text
+
+        def cross_kv(self, xa):
+            return []
+
+        def verify(self, kv, drafts, ratio, margins=None, limits=None):
+            return tok.encode_transcripts([self.text]), 5
+
+    options = DecodingOptions(k=1, steps=1, schedule=(1.0,), select="confidence", verify=1.0)
+    draft = tok.encode_transcripts(["I always thought"])[0]
+    for verified, want in ((loop, "I always thought"), ("I always thought so.", "I always thought so.")):
+        tiny_model.rescorer = Verifier(verified)
+        out = tiny_model._results([("I always thought",)], [(draft,)], [0], [[0.9]], None, options, [([0.9] * len(draft),)])
+        assert out[0].text.strip() == want and out[0].ar_passes == 5
+
+
 @pytest.mark.parametrize("head_span", [16, 2])
 def test_verify_needs_one_pass_per_disagreement(verifier, monkeypatch, head_span):
     monkeypatch.setattr(rescoring, "HEAD_SPAN", head_span)
@@ -113,7 +155,7 @@ def test_verify_resynchronises_a_draft_off_by_several_tokens(verifier, monkeypat
     for drafts in (extra, repeated):
         got = rescorer.verify(kv, drafts, 1.0)
         with monkeypatch.context() as m:
-            m.setattr(rescoring, "RESYNC_SPAN", 1)
+            m.setattr(verification, "RESYNC_SPAN", 1)
             by_one = rescorer.verify(kv, drafts, 1.0)
         assert got[0] == by_one[0] == want and got[1] == 4 < by_one[1]
 
@@ -154,9 +196,9 @@ def test_fixed_shape_windows_move_to_a_smaller_shape_as_they_finish(ar, monkeypa
 
 def test_resync_tries_the_nearest_places_of_the_choice_either_way():
     draft = [5, 6, 7, 8, 6, 9, 6]
-    assert rescoring.resync(draft, 3, 6) == [4, 3, 5, 2, 7]  # after d, at d, after the 6s at 4, 1, 6
-    assert rescoring.resync(draft, 3, 4) == [4, 3]  # a token the draft lacks: substituted or dropped
-    assert rescoring.resync(draft, 7, 9) == [7, 6]  # past the draft's end: the AR went on; it lagged by two
+    assert verification.resync(draft, 3, 6) == [4, 3, 5, 2, 7]  # after d, at d, after the 6s at 4, 1, 6
+    assert verification.resync(draft, 3, 4) == [4, 3]  # a token the draft lacks: substituted or dropped
+    assert verification.resync(draft, 7, 9) == [7, 6]  # past the draft's end: the AR went on; it lagged by two
 
 
 def test_a_lenient_ratio_keeps_the_drafts_likely_tokens(verifier):
@@ -202,25 +244,25 @@ def test_a_trusted_tokens_margin_keeps_it_where_the_ratio_would_not(verifier):
 def test_draft_tokens_read_again_behind_a_rejection_are_not_trusted():
     """The AR decoder writes a token the draft had a few places back, and the draft goes on from there: the
     tokens it reads a second time have no margin (a trusted replay could loop), those past it keep theirs."""
-    state = rescoring._Draft.of([1, 2, 3, 4, 5, 6], margins=[-1.0, -2.0, -3.0, -4.0, -5.0, -6.0])
+    state = verification.Draft.of([1, 2, 3, 4, 5, 6], margins=[-1.0, -2.0, -3.0, -4.0, -5.0, -6.0])
     row = state.row(0, 0)
     assert row.margins == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
     n = len(row.seq) + 1
     lp, best = [0.0] * 3 + [-9.0] + [0.0] * (n - 4), row.seq + [EOT]
     best[3] = 2  # after 1 2 3 the AR writes 2, not 4: the draft may go on after its own 2
-    state.advance([(row, rescoring.Reading(lp, best, [0.0] * n))], 0.0, EOT, len(PROMPT))
+    state.advance([(row, verification.Reading(lp, best, [0.0] * n))], 0.0, EOT, len(PROMPT))
     assert state.accepted == [1, 2, 3, 2] and state.starts == [4, 3, 2]
     assert state.row(0, 2).margins == [0.0, -4.0, -5.0, -6.0]  # 3 again: strict; 4 on: as before
     assert state.row(0, 4).margins == [-5.0, -6.0]
 
 
 def test_trusted_margins_widen_for_confident_tokens_and_narrow_for_doubtful_ones():
-    m = rescoring.trusted_margins([5, 6, 7], [5, 6, 7], [0.99, 0.5, 0.2], 0.5, 0.5)
+    m = verification.trusted_margins([5, 6, 7], [5, 6, 7], [0.99, 0.5, 0.2], 0.5, 0.5)
     assert m[1] == pytest.approx(math.log(0.5))  # q = 0.5: the ratio alone
     assert m[0] == pytest.approx(math.log(0.5) - 0.5 * math.log(99)) and m[2] == 0.0  # capped: never stricter than 1
     # a re-encoded draft: its tokens matched to the candidate's; one the candidate lacks is neutral
-    assert rescoring.trusted_margins([5, 9, 7], [5, 6, 7], [0.99, 0.99, 0.99], 0.5, 0.5)[1] == pytest.approx(math.log(0.5))
-    assert rescoring.trusted_margins([5, 7], [5, 6, 7], [0.9, 0.1, 0.99], 1.0, 0.0) == [0.0, 0.0]
+    assert verification.trusted_margins([5, 9, 7], [5, 6, 7], [0.99, 0.99, 0.99], 0.5, 0.5)[1] == pytest.approx(math.log(0.5))
+    assert verification.trusted_margins([5, 7], [5, 6, 7], [0.9, 0.1, 0.99], 1.0, 0.0) == [0.0, 0.0]
 
 
 def test_the_chosen_candidates_token_probabilities_set_verifications_margins(tiny_model):
@@ -230,7 +272,7 @@ def test_the_chosen_candidates_token_probabilities_set_verifications_margins(tin
         def cross_kv(self, xa):
             return []
 
-        def verify(self, kv, drafts, ratio, margins=None):
+        def verify(self, kv, drafts, ratio, margins=None, limits=None):
             self.margins = margins
             return drafts, 1
 

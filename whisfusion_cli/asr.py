@@ -20,21 +20,28 @@ import torch
 from torch import Tensor
 
 from .audio import N_AUDIO_CTX, SAMPLE_RATE, audio_frames, log_mel_windows
-from .checkpoint import (load_rescorer, load_whisfusion, load_whisper, read_config, resolve_device,
-                         resolve_dtype, resolve_model_dir)
+from .checkpoint import (
+    load_rescorer,
+    load_whisfusion,
+    load_whisper,
+    read_config,
+    resolve_device,
+    resolve_dtype,
+    resolve_model_dir,
+)
 from .config import DecodingOptions, WhisfusionConfig
 from .decoding import DecoderFn, canvas_length, canvas_tokens, eager_decoder, head_sizes, pdd
 from .errors import CheckpointError, ConfigError
 from .fastpath import GraphedDecoder, GraphedEncoder
 from .model import Whisfusion
-from .rescoring import Rescorer, trusted_margins
+from .rescoring import Rescorer
 from .segment import SegmentOptions, split_windows
 from .selection import consensus, vote
 from .timing import word_timestamps
 from .tokenizer import Tokenizer
 from .transcript import Segment, Transcript, Word, window_segments
+from .verification import looped, trusted_margins
 from .whisper import WhisperModel, WhisperTextDecoder
-
 
 FRAME_BUCKET = 50  # encoder states kept per batch are rounded up to 1 s: few distinct shapes
 CPU_DECODE_BUDGET = 1.5e9  # bytes of decoding working memory on the CPU, at most...
@@ -263,7 +270,8 @@ class WhisfusionASR(ASRModel):
         best, scores = out.best.tolist(), out.candidate_confidence.tolist()  # (B,), (B, k)
         cands, conf = out.candidates.tolist(), out.token_confidence.tolist()  # one copy each to the host
         ids, texts, probs = zip(*(self._texts(cands[i], conf[i], options) for i in range(len(windows))))
-        results = self._results(list(texts), list(ids), best, scores, xa, options, list(probs))
+        limits = [canvas_length(len(w) / SAMPLE_RATE, max_len) for w in windows]  # the most tokens each may hold
+        results = self._results(list(texts), list(ids), best, scores, xa, options, list(probs), limits)
         self.stopwatch.lap("decode")
         if word_timestamps:  # check_options made sure a rescorer ships
             results = self.add_words(results, windows, xa, self.rescorer.decoder, self.rescorer.prompt)
@@ -308,12 +316,13 @@ class WhisfusionASR(ASRModel):
 
     def _results(self, texts: list[tuple[str, ...]], ids: list[tuple[list[int], ...]], best: list[int],
                  scores: list[list[float]], xa: Tensor, options: DecodingOptions,
-                 probs: list[tuple[list[float], ...]]) -> list[WindowResult]:
+                 probs: list[tuple[list[float], ...]], limits: list[int] | None = None) -> list[WindowResult]:
         """Each window's k texts (and their ids) -> its text by options.select, verified by the AR decoder
         if options.verify (trusting the draft's confident tokens by options.trust, given their `probs`).
 
         best: the most confident candidate per window; scores: all k mean confidences; xa: (B, 1500, C).
-        n_tokens: the chosen candidate's (the vote's center's) tokens, or the verified text's."""
+        n_tokens: the chosen candidate's (the vote's center's) tokens, or the verified text's; limits: the most
+        tokens each window's verified text may have (a looping AR decoder stops there, and keeps the draft)."""
         ar_kv = self.rescorer.cross_kv(xa) if options.select == "rescore" or options.verify else None
         if options.select == "rescore":
             ar = self.rescored(ar_kv, texts)
@@ -327,7 +336,9 @@ class WhisfusionASR(ASRModel):
             if options.trust and options.verify < 1:  # at verify 1: Whisper's greedy text exactly
                 margins = [trusted_margins(d, x[b], q[b], options.verify, options.trust)
                            for d, x, q, b in zip(drafts, ids, probs, best)]
-            verified, passes = self.rescorer.verify(ar_kv, drafts, options.verify, margins)
+            verified, passes = self.rescorer.verify(ar_kv, drafts, options.verify, margins, limits)
+            verified = [d if looped(self.tokenizer.decode(v), c) else v  # a loop keeps the draft
+                        for v, d, c in zip(verified, drafts, chosen)]
             chosen, n_tokens = [self.tokenizer.decode(x) for x in verified], [len(x) for x in verified]
         return [WindowResult(text, s[b], t, n, passes)
                 for text, t, s, b, n in zip(chosen, texts, scores, best, n_tokens)]

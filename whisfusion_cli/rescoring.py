@@ -30,54 +30,20 @@ the draft's unverified rest (rows left-padded to one cached length, one batch fo
 
 from __future__ import annotations
 
-import difflib
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from .config import WhisfusionConfig, WhisperMDMConfig
+from .verification import Draft, Reading, Row, accepted_run, log_of
 from .whisper import KVCache, WhisperTextDecoder, tied_head
 
-MAX_NEW_TOKENS = 224  # Whisper's sample_len: a verified text is never longer
 LOGITS_BUDGET = 1 << 28  # bytes of fp32 logits one chunk of rows may hold (256 MB)
-RESYNC_SPAN = 16  # after a rejection, the draft is searched this far either way for the AR decoder's choice
-RESYNC_TRIES = 3  # and the rest read after that many of its nearest occurrences
 USE_GRAPHS = True  # verification on CUDA in fixed shapes replayed as CUDA graphs (verify_graphs.py)
-EPS = 1e-6  # probabilities are clipped to [EPS, 1 - EPS] before their log-odds are taken
 HEAD_SPAN = 16  # verification computes the output head this many positions at a time, only for rows
 # not yet rejected: a draft's first disagreement ends what a pass can use (~3 tokens in on average),
 # and the 51,865-way head was most of a pass's work
-
-
-@dataclass(frozen=True)
-class Reading:
-    """What one teacher-forced pass says about one sequence, per target position read (its tokens from
-    the row's start on, then end-of-text), and the keys/values of the inputs it read."""
-
-    token_logprob: list[float]  # log p of the sequence's own token
-    best: list[int]  # the AR decoder's own choice
-    best_logprob: list[float]  # its log p
-    kv: list[KVCache] | None = None  # per block, (H, T_new, Dh) each: the row's new inputs
-
-    @property
-    def total(self) -> float:
-        return sum(self.token_logprob)
-
-
-@dataclass
-class Row:
-    """One sequence to read: `seq` (ids, no prompt or end-of-text) of window `window`, whose inputs the
-    decoder has read up to `start` tokens of it already (`past`: their keys/values per block, (H, C, Dh)
-    each, with the prompt; None: nothing read, the prompt is read too)."""
-
-    window: int
-    seq: list[int]
-    start: int = 0
-    past: list[KVCache] | None = None
-    margins: list[float] | None = None  # per position read, seq[start:] on: the log margin its token may fall
-    # short of the AR's choice by (past them, end-of-text included: the pass's log ratio)
 
 
 class Rescorer(nn.Module):
@@ -151,7 +117,7 @@ class Rescorer(nn.Module):
                 for x, part in zip(stats[i], (lp[lo:hi], best[lo:hi], best_lp[lo:hi])):
                     x += part
                 run = len(stats[i][0]) if log_ratio is None else \
-                    _accepted_run(stats[i][0], stats[i][2], log_ratio, rows[i].margins)
+                    accepted_run(stats[i][0], stats[i][2], log_ratio, rows[i].margins)
                 if run < len(stats[i][0]):  # a row's first rejection ends its reading, that token included
                     stats[i] = [x[: run + 1] for x in stats[i]]
                     spans[i] = (spans[i][0], 0)
@@ -219,7 +185,8 @@ class Rescorer(nn.Module):
         return out
 
     def verify(self, cross_kv: list[KVCache], drafts: list[list[int]], ratio: float = 1.0,
-               margins: list[list[float]] | None = None) -> tuple[list[list[int]], int]:
+               margins: list[list[float]] | None = None, limits: list[int] | None = None
+               ) -> tuple[list[list[int]], int]:
         """The drafts (one id list per window) as the AR decoder accepts them, and the passes made.
 
         A draft token is kept where p_AR(token) >= ratio * p_AR(AR's choice); see the module doc. `margins`
@@ -228,12 +195,14 @@ class Rescorer(nn.Module):
         empty draft stays empty: PDD heard no speech there, where Whisper's decoder, which never ends a
         transcript before its first token, would write something. On CUDA the passes run in fixed shapes
         as CUDA graphs (`verify_graphs.FixedVerifier`, the same texts); `self.fixed` set elsewhere uses it too.
+        `limits` (per window): the most tokens its text may have (the canvas its audio allows), so a
+        looping AR decoder stops there (MAX_NEW_TOKENS without).
         """
         fixed = self._fixed(cross_kv)
         if fixed is not None:
-            return fixed.verify(cross_kv, drafts, ratio, margins)
+            return fixed.verify(cross_kv, drafts, ratio, margins, limits)
         log_ratio = log_of(ratio)
-        states, passes = _Draft.each(drafts, margins), 0
+        states, passes = Draft.each(drafts, margins, limits), 0
         while any(s.result is None for s in states):
             rows = [s.row(w, h) for w, s in enumerate(states) if s.result is None for h in s.starts]
             readings = self.read(cross_kv, rows, keep_kv=True, log_ratio=log_ratio)
@@ -249,120 +218,9 @@ class Rescorer(nn.Module):
         return [s.result or [] for s in states], passes
 
 
-@dataclass
-class _Draft:
-    """One window's verification: the draft, the accepted prefix, the keys/values of what it has read,
-    and the hypotheses for the rest (the draft from each of `starts` on)."""
-
-    draft: list[int]
-    accepted: list[int] = field(default_factory=list)
-    starts: list[int] = field(default_factory=lambda: [0])
-    past: list[KVCache] | None = None
-    result: list[int] | None = None
-    cached: int = 0  # inputs read behind the accepted prefix (the prompt's included)
-    margins: list[float] | None = None  # per draft token (Rescorer.verify)
-    reach: int = 0  # draft tokens before this one are behind the prefix (accepted or passed over)
-
-    @classmethod
-    def of(cls, draft: list[int], margins: list[float] | None = None) -> _Draft:
-        """A window's verification before its first pass (capped at MAX_NEW_TOKENS; empty: final at once)."""
-        return cls(draft[:MAX_NEW_TOKENS], result=None if draft else [], margins=margins)
-
-    @classmethod
-    def each(cls, drafts: list[list[int]], margins: list[list[float]] | None) -> list[_Draft]:
-        """`of` for every window's draft, with its margins if any (`Rescorer.verify`'s arguments)."""
-        return [cls.of(d, m) for d, m in zip(drafts, margins or [None] * len(drafts))]
-
-    def row(self, w: int, h: int) -> Row:
-        """Hypothesis h (the draft from h on, after the accepted prefix) as window w's row to read. Draft
-        tokens read again behind `reach` (the AR decoder wrote a token the draft had further back) have no
-        margin: their probability was for their first place, and a trusted replay could loop."""
-        margins = None if self.margins is None else [0.0] * max(0, self.reach - h) + self.margins[max(h, self.reach):]
-        return Row(w, self.accepted + self.draft[h:], len(self.accepted), self.past, margins)
-
-    def advance(self, tries: list[tuple[Row, Reading]], log_ratio: float, eot: int, n_prompt: int) -> tuple[int, int]:
-        """Keeps the hypothesis the AR decoder accepts furthest; corrects its first rejected token.
-
-        A reading may stop short of the row's end with every token passed (a fixed-shape pass reads at most
-        its width): the prefix grows by it and that hypothesis goes on. Returns the winner's index in `tries`
-        and how many of its new inputs are now behind the prefix (their keys/values to keep; 0 once final),
-        also added to `self.cached`."""
-        start = len(self.accepted)
-        lead = n_prompt - 1 if self.cached == 0 else 0  # inputs before the first predicting one
-        runs = [(_accepted_run(reading.token_logprob, reading.best_logprob, log_ratio, row.margins), i)
-                for i, (row, reading) in enumerate(tries)]
-        run, i = max(runs, key=lambda x: x[0])  # the first of equals: the plainest guess
-        (row, reading), h = tries[i], self.starts[i]
-        self.reach = max(self.reach, h + run)
-        seq = row.seq + [eot]
-        j = start + run
-        if j == len(seq):  # every token passed, end-of-text included
-            self.result = seq[:-1]
-            return i, 0
-        if j >= MAX_NEW_TOKENS:
-            self.result = seq[:MAX_NEW_TOKENS]
-            return i, 0
-        if run == len(reading.token_logprob):  # all it read passed, the rest unread: go on from there
-            self.accepted, self.starts = seq[:j], [h + run]
-            self.cached += lead + run  # the input predicting seq[j - 1] included; seq[j - 1] is the next
-            return i, lead + run
-        choice = reading.best[run]
-        if choice == eot:
-            self.result = seq[:j]
-            return i, 0
-        self.accepted = seq[:j] + [choice]
-        if j + 1 == MAX_NEW_TOKENS:
-            self.result = self.accepted
-            return i, 0
-        self.starts = resync(self.draft, h + run, choice)
-        self.cached += lead + run + 1  # new inputs now behind the prefix
-        return i, lead + run + 1
-
-    def keep(self, new: list[KVCache]) -> None:
-        """Appends the winner's kept keys/values (per block, (H, n, Dh) views of a pass's cache) to `past`."""
-        self.past = [(k.clone(), v.clone()) for k, v in new] if self.past is None else \
-            [(torch.cat([pk, k], 1), torch.cat([pv, v], 1)) for (pk, pv), (k, v) in zip(self.past, new)]
-
-
-def resync(draft: list[int], d: int, choice: int) -> list[int]:
-    """Where the draft may go on after the AR decoder wrote `choice` in place of draft[d] (d = len(draft):
-    its end): after d (a substituted token), at d (a dropped one), or after the RESYNC_TRIES places nearest
-    d, within RESYNC_SPAN, where the draft has `choice` (it ran that many tokens ahead or behind)."""
-    near = sorted((m for m in range(max(0, d - RESYNC_SPAN), min(len(draft), d + RESYNC_SPAN + 1))
-                   if draft[m] == choice), key=lambda m: abs(m - d))[:RESYNC_TRIES]
-    return list(dict.fromkeys([min(d + 1, len(draft)), d] + [m + 1 for m in near]))
-
-
-def trusted_margins(draft: list[int], source: list[int], probs: list[float], ratio: float, trust: float) -> list[float]:
-    """Per token of `draft`, the log margin below the AR decoder's choice that verification lets it fall
-    (`Rescorer.verify`'s margins): log ratio - trust x log(q / (1 - q)), at most 0, where q is the
-    diffusion decoder's probability for it (`probs` of its candidate's ids `source`, matched to the
-    draft's ids; 0.5, neutral, where the re-encoded text differs)."""
-    q = [0.5] * len(draft)
-    for a, b, n in difflib.SequenceMatcher(None, draft, source, autojunk=False).get_matching_blocks():
-        q[a: a + n] = probs[b: b + n]
-    base = log_of(ratio)
-    return [min(0.0, base - trust * math.log(max(x, EPS) / max(1.0 - x, EPS))) for x in q]
-
-
-def log_of(ratio: float) -> float:
-    """The verification ratio r as the log-probability margin a draft token may fall short by."""
-    return math.log(ratio) if ratio > 0 else -math.inf
-
-
 def _runs(rows: list[Row]) -> list[tuple[int, int]]:
     """(i, j): maximal runs of consecutive rows with the same past (the same object)."""
     edges = [i for i in range(1, len(rows)) if rows[i].past is not rows[i - 1].past]
     return list(zip([0] + edges, edges + [len(rows)]))
 
 
-def _accepted_run(token_logprob: list[float], best_logprob: list[float], log_ratio: float,
-                  margins: list[float] | None = None) -> int:
-    """How many read positions pass, from the first: token log p >= best log p + its margin (`margins`
-    where given, else log ratio)."""
-    n, margins = 0, margins or []
-    for lp, best in zip(token_logprob, best_logprob):
-        if lp < best + (margins[n] if n < len(margins) else log_ratio):
-            break
-        n += 1
-    return n

@@ -1,6 +1,6 @@
 """Verification passes in fixed shapes, replayed as CUDA graphs (the GPU path of `Rescorer.verify`).
 
-An eager pass (rescoring.Rescorer.read) builds its rows, left-padded caches and masks anew each
+An eager pass (Rescorer.read) builds its rows, left-padded caches and masks anew each
 time: ~200 small kernels and a host sync per HEAD_SPAN, so on a GPU a pass costs its launches
 (H200, whisper-base: 4.6 ms for one window), not its math. Here every pass has one shape per
 (windows W, width T): W windows x SLOTS hypothesis rows, each reading T inputs after its cached
@@ -22,16 +22,20 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import rescoring
+from . import verification
 from .fastpath import warm_up
 from .whisper import KVCache, MultiHeadAttention, tied_head
 
-SLOTS = 2 + rescoring.RESYNC_TRIES  # hypotheses per window after a rejection (rescoring.resync)
+if TYPE_CHECKING:
+    from .rescoring import Rescorer
+
+SLOTS = 2 + verification.RESYNC_TRIES  # hypotheses per window after a rejection (verification.resync)
 MAX_WINDOWS = 16  # windows per fixed shape; more are verified in groups
 WIDTHS = (16, 32, 64, 128)  # T: inputs a row reads per pass
 POSITION_BUDGET = 8192  # R x T per pass at most (the fp32 logits: 8192 x 51,865 x 4 B = 1.7 GB)
@@ -53,23 +57,24 @@ class _Buffers:
 class FixedVerifier:
     """Verifies drafts like `rescorer.verify` (same texts), in fixed-shape passes; `graphs` captures them."""
 
-    def __init__(self, rescorer: rescoring.Rescorer, graphs: bool):
+    def __init__(self, rescorer: Rescorer, graphs: bool):
         self.rescorer, self.use_graphs = rescorer, graphs
         self.buffers: OrderedDict[tuple[int, ...], _Buffers] = OrderedDict()
 
     def verify(self, cross_kv: list[KVCache], drafts: list[list[int]], ratio: float = 1.0,
-               margins: list[list[float]] | None = None) -> tuple[list[list[int]], int]:
-        """As rescoring.Rescorer.verify: the accepted texts and the passes made (summed over groups of windows)."""
+               margins: list[list[float]] | None = None, limits: list[int] | None = None
+               ) -> tuple[list[list[int]], int]:
+        """As Rescorer.verify: the accepted texts and the passes made (summed over groups of windows)."""
         texts, passes = [], 0
-        for kv, group in _groups(cross_kv, rescoring._Draft.each(drafts, margins)):
-            t, n = self._verify(kv, group, rescoring.log_of(ratio))
+        for kv, group in _groups(cross_kv, verification.Draft.each(drafts, margins, limits)):
+            t, n = self._verify(kv, group, verification.log_of(ratio))
             texts += t
             passes += n
         return texts, passes
 
     @torch.inference_mode()
     def scores(self, cross_kv: list[KVCache], candidates: list[list[list[int]]]) -> list[list[float]] | None:
-        """As rescoring.Rescorer.scores (log p_AR(candidate + end-of-text) per window's candidates), in one
+        """As Rescorer.scores (log p_AR(candidate + end-of-text) per window's candidates), in one
         fixed-shape pass per group of windows; None where a window has more than SLOTS candidates or one is
         longer than a pass reads (the caller reads them eagerly)."""
         p, eot = len(self.rescorer.prompt), self.rescorer.eot
@@ -92,7 +97,7 @@ class FixedVerifier:
         return out
 
     @torch.inference_mode()
-    def _verify(self, cross_kv: list[KVCache], states: list[rescoring._Draft], log_ratio: float) -> tuple[list[list[int]], int]:
+    def _verify(self, cross_kv: list[KVCache], states: list[verification.Draft], log_ratio: float) -> tuple[list[list[int]], int]:
         """Passes until every window is final; `live` maps the buffers' windows to the states'. When the open
         windows fit a smaller power of two, they move to that shape's buffers (their winners' caches and audio
         keys copied once): a batch's last long windows no longer pay for the finished ones' rows."""
@@ -136,7 +141,7 @@ class FixedVerifier:
         first, none = [int(j == p - 1) for j in range(t)], [0] * t
         return torch.tensor([tokens, targets, [first if r in fresh else none for r in range(n)]])
 
-    def _advance(self, state: rescoring._Draft, rows: list[tuple[rescoring.Row, list[int]]],
+    def _advance(self, state: verification.Draft, rows: list[tuple[verification.Row, list[int]]],
                  stats: list[list[list[float]]], t: int, log_ratio: float) -> int:
         """One window's readings (stats: 3 x its SLOTS rows x t) -> state.advance; the winner's slot."""
         p = len(self.rescorer.prompt)
@@ -145,7 +150,7 @@ class FixedVerifier:
         for i, (row, full) in enumerate(rows):
             end = min(len(full), t + 1) - 1  # the positions this pass read of the row
             lp, best, best_lp = (x[i][lead:end] for x in stats)
-            read.append((row, rescoring.Reading(lp, [int(x) for x in best], best_lp)))
+            read.append((row, verification.Reading(lp, [int(x) for x in best], best_lp)))
         return state.advance(read, log_ratio, self.rescorer.eot, p)[0]
 
     def _move(self, cross_kv: list[KVCache], windows: list[int], old: _Buffers | None, rows: list[int]) -> _Buffers:
@@ -160,7 +165,7 @@ class FixedVerifier:
             b.cache[:, : len(src)] = old.cache.index_select(1, src)
         return b
 
-    def _row(self, state: rescoring._Draft, h: int, w: int) -> tuple[rescoring.Row, list[int]]:
+    def _row(self, state: verification.Draft, h: int, w: int) -> tuple[verification.Row, list[int]]:
         """Hypothesis h's row and its inputs from the last read one on, end-of-text appended (the last target)."""
         row, prompt = state.row(w, h), self.rescorer.prompt
         head = prompt if state.cached == 0 else [row.seq[row.start - 1] if row.start else prompt[-1]]
@@ -199,7 +204,7 @@ class FixedVerifier:
                 self.buffers.popitem(last=False)
             dec, r = self.rescorer.decoder, w_cap * SLOTS
             cfg = dec.config
-            c_max = min(cfg.n_text_ctx, len(self.rescorer.prompt) + rescoring.MAX_NEW_TOKENS + WIDTHS[-1])
+            c_max = min(cfg.n_text_ctx, len(self.rescorer.prompt) + verification.MAX_NEW_TOKENS + WIDTHS[-1])
             dh, dev = cfg.n_text_state // cfg.n_text_head, k.device
             b = _Buffers(k.new_zeros(2 * cfg.n_text_layer, r, cfg.n_text_head, c_max, dh),
                          [(k.new_zeros(w_cap, *k.shape[1:]), k.new_zeros(w_cap, *k.shape[1:])) for _ in dec.layers],
