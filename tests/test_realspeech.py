@@ -141,3 +141,54 @@ def test_device_eval_reads_dev_real_as_native_non_native_and_long_windows(tmp_pa
     assert [t for _, t, _ in native_long] == ["clip 0 clip 2 clip 4"]  # 9 + 10 + 9 s and two pauses
     assert len(native_long[0][0]) == int((28 + 1.0) * SAMPLE_RATE)
     assert [t for _, t, _ in sets["long-all"]] == ["clip 0 clip 1 clip 2", "clip 3 clip 4"]  # 28 s, then the rest
+
+
+def test_the_ar_teacher_reads_gold_text_on_trimmed_states_and_mixes_into_the_loss(real_clips):
+    """recipes/realspeech/distill.py on the bundled model and two real clips: the teacher's first
+    choice is the gold token on most heard positions (Whisper base on clean read speech), the states past a
+    clip's frames are masked (garbage there changes nothing), targets stop after the first
+    end-of-text, and alpha 0 is the plain diffusion loss while alpha 1 follows the teacher."""
+    from realspeech.distill import Teacher, agreement, distill_loss
+
+    from whisfusion_cli import BUNDLED_MODEL
+    from whisfusion_cli.audio import load_audio
+    from whisfusion_cli.cache import encode_clips, pad_states
+    from whisfusion_cli.checkpoint import load_rescorer, load_whisfusion
+    from whisfusion_cli.diffusion import forward_process, masked_diffusion_loss
+    from whisfusion_cli.splits import canvas_targets
+
+    model, cfg, tok = load_whisfusion(BUNDLED_MODEL, torch.device("cpu"), torch.float32)
+    teacher = Teacher(load_rescorer(BUNDLED_MODEL, model, cfg))
+    clips = [(load_audio(path)[: 8 * SAMPLE_RATE], sentence_case(text)) for path, text in real_clips[:2]]
+    ids = tok.encode_transcripts([text for _, text in clips])
+    with torch.inference_mode():
+        xa, n_frames = pad_states(encode_clips(model.encoder, [a for a, _ in clips]), 64)
+    assert int(n_frames.min()) < xa.shape[1]  # one row is padded
+    x0 = canvas_targets(ids, [len(a) / SAMPLE_RATE for a, _ in clips], cfg.eos_id, cfg.decoder.max_seq_len)
+    idx, prob, valid = teacher.targets(xa.float(), n_frames, x0)
+    n = [len(x) for x in ids]
+    assert valid.sum(1).tolist() == [m + 1 for m in n]  # the text and its end-of-text
+    assert torch.allclose(prob.sum(-1), torch.ones_like(prob[..., 0]))
+    # the clips are cut at 8 s, so their texts run on past the audio: only the heard part agrees
+    heard = torch.zeros_like(valid)
+    for row, m in enumerate(n):
+        heard[row, : m // 2] = True
+    assert float(((idx[..., 0] == x0) & heard).sum() / heard.sum()) > 0.8  # commas differ
+    assert 0.0 < agreement((idx, prob, valid), x0) <= 1.0
+    noisy = xa.float().clone()
+    for row, f in enumerate(n_frames.tolist()):
+        noisy[row, f:] = torch.randn_like(noisy[row, f:]) * 10
+    idx2, prob2, _ = teacher.targets(noisy, n_frames, x0)
+    assert torch.equal(idx2[..., 0], idx[..., 0]) and torch.allclose(prob2, prob, atol=1e-4)
+
+    gen = torch.Generator().manual_seed(0)
+    xt, masked, t = forward_process(x0, cfg.decoder.mask_id, 0.5, 0.5, gen)
+    logits = torch.randn(*x0.shape, cfg.decoder.vocab_size, generator=gen)
+    plain = masked_diffusion_loss(logits, x0, masked, t)
+    assert torch.allclose(distill_loss(logits, x0, masked, t, (idx, prob, valid), 0.0), plain)
+    follows = logits.clone()  # a student that puts the teacher's distribution on the targeted positions
+    follows.scatter_(-1, idx, (prob.clamp(min=1e-9).log() + 30))
+    gold = logits.clone()
+    gold.scatter_(-1, x0[..., None], 30.0)
+    assert distill_loss(follows, x0, masked, t, (idx, prob, valid), 1.0) < \
+        distill_loss(gold, x0, masked, t, (idx, prob, valid), 1.0)

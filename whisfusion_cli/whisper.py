@@ -188,7 +188,8 @@ class DecoderLayer(nn.Module):
     def forward(self, x: Tensor, cross_kv: KVCache, cache: KVCache, offset: int,
                 attn_mask: Tensor | None = None) -> Tensor:
         """x (B, T, C) at cache positions offset..; attn_mask (B, 1, T, offset + T) True = attend, for
-        rows whose cached keys are not all theirs (default: causal from an empty cache, or one new token)."""
+        rows whose cached keys are not all theirs (default: causal from an empty cache, or one new token);
+        cross_kv: keys, values [, a key mask (B, 1, 1, S) for windows trimmed to their speech frames]."""
         h = self.self_attn_layer_norm(x)
         k_new, v_new = self.self_attn.project_kv(h)  # (B, H, T, Dh)
         end = offset + x.shape[1]
@@ -196,7 +197,9 @@ class DecoderLayer(nn.Module):
         cache[1][:, :, offset:end] = v_new
         x = x + self.self_attn.attend(h, cache[0][:, :, :end], cache[1][:, :, :end],
                                       is_causal=offset == 0 and attn_mask is None, attn_mask=attn_mask)
-        x = x + self.encoder_attn.attend(self.encoder_attn_layer_norm(x), *cross_kv)
+        audio_mask = cross_kv[2] if len(cross_kv) > 2 else None  # (B, 1, 1, S): states that hold audio
+        x = x + self.encoder_attn.attend(self.encoder_attn_layer_norm(x), cross_kv[0], cross_kv[1],
+                                         attn_mask=audio_mask)
         return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
 
 

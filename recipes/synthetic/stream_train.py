@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 from whisfusion_cli.asr import FRAME_BUCKET
 from whisfusion_cli.audio import SAMPLE_RATE
 from whisfusion_cli.cache import encode_clips, pad_states
-from whisfusion_cli.checkpoint import init_from_whisper, load_whisfusion, save_whisfusion
+from whisfusion_cli.checkpoint import init_from_whisper, load_rescorer, load_whisfusion, save_whisfusion
 from whisfusion_cli.config import DecoderConfig, WhisfusionConfig
 from whisfusion_cli.curriculum import lr_factor, param_groups
 from whisfusion_cli.diffusion import forward_process, masked_diffusion_loss
@@ -46,6 +46,7 @@ from whisfusion_cli.distributed import autocast
 from whisfusion_cli.model import Whisfusion
 from whisfusion_cli.splits import canvas_targets
 
+from realspeech.distill import Teacher, agreement, distill_loss
 from realspeech.mix import RealClips, join_windows, own_canvas
 
 
@@ -227,6 +228,7 @@ def train(args: argparse.Namespace) -> None:
     real = RealClips([Path(m) for m in args.real], tok.encode_transcripts, wcfg.decoder.max_seq_len, device,
                      read_audio) if args.real else None
     n_real = round(args.real_share * args.batch) if real else 0
+    teacher = Teacher(load_rescorer(Path(args.init), model, wcfg)) if args.distill else None
     if real:
         log_line = {"real_clips": len(real), "real_h": round(real.hours(), 2), "real_per_batch": n_real}
         print(json.dumps(log_line), flush=True)
@@ -272,7 +274,9 @@ def train(args: argparse.Namespace) -> None:
                 xt, masked, t = (torch.where(rows[:, None], xt2, xt), torch.where(rows[:, None], m2, masked),
                                  torch.where(rows, t2, t))
             logits = model.decoder(xt, kv)
-        loss = masked_diffusion_loss(logits, x0, masked, t)
+            targets = teacher.targets(xa, n_frames, x0) if teacher else None
+        loss = distill_loss(logits, x0, masked, t, targets, args.distill) if teacher else \
+            masked_diffusion_loss(logits, x0, masked, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
@@ -282,6 +286,8 @@ def train(args: argparse.Namespace) -> None:
             rec = {"step": step, "min": round(elapsed / 60, 2), "stage": stage, "loss": round(loss.item(), 4),
                    "grad_norm": round(float(norm), 3), "lr_scale": round(scale, 4),
                    "train_clips": store.count("train"), "train_h": round(store.hours("train"), 2)}
+            if teacher:
+                rec["teacher_agrees"] = round(agreement(targets, x0), 4)
             if step % (args.log_every * args.val_every) == 0 or (snapshots and elapsed > snapshots[0] * 60):
                 rec.update(validate(model, store, wcfg, tok, args.val_clips))
             if snapshots and elapsed > snapshots[0] * 60:
@@ -330,10 +336,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--own", type=float, default=0.0,
                    help="share of rows trained on a canvas holding the model's own predictions")
     p.add_argument("--freeze-cross", action="store_true", help="keep the cross-attention as it is")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight of the AR decoder's soft targets at the masked positions (--init's rescorer)")
     p.add_argument("--device", default="auto", help="auto: cuda when available")
     args = p.parse_args(argv)
     if not (args.whisper or args.init):
         p.error("give --whisper (start from a Whisper checkpoint) or --init (go on from a whisfusion model)")
+    if args.distill and not args.init:
+        p.error("--distill needs --init: a whisfusion model that ships its AR decoder (rescorer)")
     return args
 
 
