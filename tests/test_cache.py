@@ -7,7 +7,7 @@ import torch
 
 from whisfusion_cli import cache as cache_mod
 from whisfusion_cli.audio import SAMPLE_RATE, audio_frames
-from whisfusion_cli.bench import write_wav
+from whisfusion_cli.audio import write_wav
 from whisfusion_cli.cache import FeatureCache, build_cache, encode_clips, load_index, merge_index
 from whisfusion_cli.config import EncoderConfig
 from whisfusion_cli.data import Example, read_manifest

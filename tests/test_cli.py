@@ -486,3 +486,19 @@ def test_bundled_presets_are_the_recipes() -> None:
     chosen = json.loads((ROOT / "recipes" / "synthetic" / "presets.json").read_text())
     assert shipped == chosen
     assert [shipped[p]["steps"] == len(shipped[p]["schedule"]) for p in shipped] == [True] * 3
+
+
+def test_preset_help_says_what_the_bundled_models_presets_do():
+    """--preset's help names the bundled model's own passes and that accurate is a verified draft, as its
+    config.json sets them (a retrained model with other presets must update the help)."""
+    import json
+
+    from whisfusion_cli import BUNDLED_MODEL
+    from whisfusion_cli.cli import PresetOpt
+
+    presets = json.loads((BUNDLED_MODEL / "config.json").read_text())["presets"]
+    help_text = PresetOpt.__metadata__[0].help
+    assert f"N={presets['fast']['steps']}/{presets['balanced']['steps']} steps" in help_text
+    accurate = presets["accurate"]
+    assert accurate["verify"] < 1 and accurate["steps"] == presets["balanced"]["steps"] and \
+        "accurate a balanced draft verified by Whisper's decoder" in help_text

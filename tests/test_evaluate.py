@@ -184,3 +184,52 @@ def test_eval_commands_write_a_valid_report(weights_dir, librispeech, tmp_path):
     bad = CliRunner().invoke(app, ["eval", "librispeech", str(librispeech), "--subset", "dev-other",
                                    "-m", str(weights_dir / "whisper-tiny.en")])
     assert bad.exit_code == 2 and "no such subset" in bad.output
+
+
+def test_manifest_subsets_groups_and_long_windows_in_one_run(weights_dir, real_clips, tmp_path):
+    """`eval manifest --subset-by speaker --group ... --long-windows`: rows are grouped by a field (up to
+    its ':'), renamed by the first matching glob, and each subset's clips (and all of them) are also
+    scored joined into long windows; clips/... and long/... add up into clips and long."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from whisfusion_cli.cli import app
+    from whisfusion_cli.data import join_long, read_manifest
+
+    speakers = ["corpusA:1", "corpusB:7", "corpusA:2", "other:3"]
+    rows = [{"audio": str(path), "text": text, "speaker": s} for (path, text), s in zip(real_clips, speakers)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples, _ = read_manifest(manifest, "speaker", [("b", "corpusB"), ("rest", "!corpusA")])
+    assert [e.subset for e in examples] == ["corpusA", "b", "corpusA", "rest"]
+    assert [e.subset for e in read_manifest(manifest)[0]] == ["m"] * 4  # the manifest's stem by default
+
+    joined = join_long(examples, tmp_path)
+    longs = [e for e in joined if e.subset.startswith("long/")]
+    assert [e.subset for e in joined[:4]] == ["clips/corpusA", "clips/b", "clips/corpusA", "clips/rest"]
+    assert {e.subset for e in longs} == {"long/corpusA", "long/b", "long/rest", "long/all"}
+    clip_s = {e.audio: len(load_audio(e.audio)) / SAMPLE_RATE for e in examples}
+    for name in ("corpusA", "b", "rest", "all"):  # each clip once, joined with 0.5 s pauses, texts along
+        part = [x for x in examples if name in ("all", x.subset)]
+        windows = [e for e in longs if e.subset == f"long/{name}"]
+        assert all(abs(len(load_audio(e.audio)) / SAMPLE_RATE - e.duration) < 1e-3 <= 30.0 - e.duration for e in windows)
+        assert sum(e.duration for e in windows) == pytest.approx(
+            sum(clip_s[x.audio] for x in part) + 0.5 * (len(part) - len(windows)), abs=1e-3)
+        assert sorted(" ".join(e.text for e in windows).split()) == sorted(" ".join(x.text for x in part).split())
+    assert len([e for e in longs if e.subset == "long/all"]) < len(examples)  # clips do share windows
+
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(app, ["eval", "manifest", str(manifest), "-m", str(weights_dir / "whisper-tiny.en"),
+                                      "--subset-by", "speaker", "--group", "native=!corpusB", "--long-windows",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    subsets = report["by_subset"]
+    assert list(subsets)[:3] == ["clips", "clips/native", "clips/corpusB"] and "long/all" in subsets
+    assert subsets["clips"]["n_utterances"] == 4
+    assert subsets["long"]["n_utterances"] == sum(subsets[s]["n_utterances"] for s in subsets if s.startswith("long/"))
+    assert subsets["long/all"]["wer"] < 0.2  # Whisper tiny.en on joined LibriSpeech clips
+    bad = CliRunner().invoke(app, ["eval", "manifest", str(manifest), "-m", str(weights_dir / "whisper-tiny.en"),
+                                   "--group", "x=y"])
+    assert bad.exit_code == 2 and "--subset-by" in bad.output

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from whisfusion_cli.audio import SAMPLE_RATE
-from whisfusion_cli.bench import write_wav
+from whisfusion_cli.audio import write_wav
 from whisfusion_cli.checkpoint import load_whisfusion, save_whisfusion
 from whisfusion_cli.config import DecoderConfig, EncoderConfig, WhisfusionConfig, WhisperMDMConfig
 from whisfusion_cli.data import Example, epoch_order, micro_batch_span, split_examples

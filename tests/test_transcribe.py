@@ -17,7 +17,7 @@ import torch
 
 from whisfusion_cli.asr import WindowResult
 from whisfusion_cli.audio import load_audio
-from whisfusion_cli.bench import write_wav
+from whisfusion_cli.audio import write_wav
 from whisfusion_cli.config import PRESETS, DecodingOptions
 from whisfusion_cli.errors import AudioError, WhisfusionError
 from whisfusion_cli.segment import SAMPLE_RATE, SegmentOptions, split_windows

@@ -39,6 +39,16 @@ def audio_frames(n_samples: int, margin: int = FRAME_MARGIN) -> int:
     return min(N_AUDIO_CTX, -(-n_samples // N_SAMPLES_PER_TOKEN) + margin)
 
 
+def write_wav(path: Path, audio: np.ndarray) -> Path:
+    """16 kHz mono 16-bit WAV (stdlib only), samples clipped to [-1, 1]."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
+    return path
+
+
 def load_audio(path: str | Path, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Decodes any media file ffmpeg reads (first audio stream) into mono float32 at `sr` Hz.
 

@@ -13,7 +13,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-import wave
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from .asr import ASRModel, WhisfusionASR, WhisperASR
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, write_wav
 from .config import DecoderConfig, EncoderConfig, WhisfusionConfig, WhisperTextConfig
 from .model import Whisfusion
 from .rescoring import Rescorer
@@ -215,16 +214,6 @@ def length_sweep(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None,
             rows.append({"engine": "ar-greedy", "tokens": n, "decoder_ms": stats["decoder_ms"]})
         ar_asr.forced_tokens = None
     return rows
-
-
-def write_wav(path: Path, audio: np.ndarray) -> Path:
-    """16 kHz mono 16-bit WAV (stdlib only), samples clipped to [-1, 1]."""
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes())
-    return path
 
 
 def long_form(pdd_asr: WhisfusionASR | None, ar_asr: WhisperASR | None, opts: BenchOptions,

@@ -585,15 +585,33 @@ def eval_manifest(
     model: ModelOpt = None, preset: PresetOpt = None, select: SelectOpt = None, verify: VerifyOpt = None,
     limit: LimitOpt = None, batch_size: BatchOpt = 16, device: DeviceOpt = "auto", dtype: DtypeOpt = "auto",
     json_out: JsonOpt = None,
+    subset_by: Annotated[Optional[str], typer.Option(
+        "--subset-by", help="Report per value of this row field (up to its first ':'), e.g. speaker.")] = None,
+    group: Annotated[Optional[list[str]], typer.Option(
+        "--group", help="NAME=GLOB: rename --subset-by values matching GLOB ('!GLOB': not matching) to NAME; "
+                        "the first match wins. Repeatable.")] = None,
+    long_windows: Annotated[bool, typer.Option(
+        "--long-windows", help="Also score each subset's clips (and all of them) joined into 25-30 s windows "
+                               "with 0.5 s pauses, the windows a long file is cut into: rows long/...")] = False,
 ) -> None:
-    """Evaluate on any JSONL manifest."""
-    from .data import read_manifest
+    """Evaluate on any JSONL manifest, e.g. dev-real's native and non-native parts and their long windows:
+    --subset-by speaker --group 'non-native=*speechocean762*' --group 'native=*' --long-windows."""
+    import tempfile
+
+    from .data import join_long, read_manifest
 
     try:
-        examples, skipped = read_manifest(manifest)
+        groups = [tuple(g.split("=", 1)) for g in group or []]
+        if any(len(g) != 2 or not all(g) for g in groups) or (groups and not subset_by):
+            raise WhisfusionError("--group takes NAME=GLOB, with --subset-by FIELD")
+        examples, skipped = read_manifest(manifest, subset_by, groups)
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
-    run_eval(examples, skipped, model, preset, limit, batch_size, device, dtype, json_out, select, verify)
+    with tempfile.TemporaryDirectory(prefix="whisfusion-long-") as tmp:
+        if long_windows:
+            examples = join_long(examples[:limit], Path(tmp))
+        run_eval(examples, skipped, model, preset, None if long_windows else limit, batch_size, device, dtype,
+                 json_out, select, verify)
 
 
 def main() -> None:

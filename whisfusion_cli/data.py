@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from .errors import WhisfusionError
@@ -40,8 +42,23 @@ def _check(ex: Example, skipped: Counter) -> bool:
     return False
 
 
-def read_manifest(path: str | Path) -> tuple[list[Example], Counter]:
-    """Examples of a JSONL manifest and the count of skipped rows by reason."""
+def subset_of(row: dict, field: str | None, groups: Sequence[tuple[str, str]], default: str) -> str:
+    """A manifest row's subset: `default` without `field`; else the row's `field` up to its first ':'
+    (dev-real's speakers name their corpus so), renamed by the first of `groups` (NAME, PATTERN) whose
+    glob PATTERN it matches (a leading '!' matches what the rest does not)."""
+    if field is None:
+        return default
+    value = str(row.get(field, "")).split(":")[0]
+    for name, pattern in groups:
+        if fnmatchcase(value, pattern.removeprefix("!")) != pattern.startswith("!"):
+            return name
+    return value
+
+
+def read_manifest(path: str | Path, subset_by: str | None = None,
+                  groups: Sequence[tuple[str, str]] = ()) -> tuple[list[Example], Counter]:
+    """Examples of a JSONL manifest and the count of skipped rows by reason; each example's subset is
+    the manifest's stem, or with `subset_by` a field of its row (`subset_of`)."""
     path = Path(path)
     if not path.is_file():
         raise WhisfusionError(f"{path}: no such manifest")
@@ -54,7 +71,7 @@ def read_manifest(path: str | Path) -> tuple[list[Example], Counter]:
             audio = Path(row["audio"])
             duration = row.get("duration")
             ex = Example(audio if audio.is_absolute() else path.parent / audio, str(row.get("text") or ""),
-                         None if duration is None else float(duration), path.stem)
+                         None if duration is None else float(duration), subset_of(row, subset_by, groups, path.stem))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             skipped["bad_row"] += 1
             continue
@@ -162,3 +179,33 @@ def long_windows(durations: list[float], low: float = 25.0, high: float = 30.0,
                 i += 1
         windows.append(window)
     return windows
+
+
+def join_long(examples: Sequence[Example], out_dir: Path) -> list[Example]:
+    """The examples as `clips/<subset>`, then each subset's clips, and all of them when there are
+    several subsets, joined by `long_windows` into 25-30 s windows with LONG_PAUSE_S of silence
+    between clips (16 kHz WAVs written to `out_dir`) as `long/<subset>` and `long/all`. Clips that
+    cannot be read are left out of the windows (the evaluation counts them as it loads them)."""
+    import numpy as np
+
+    from .audio import SAMPLE_RATE, load_audio, write_wav
+    from .errors import AudioError
+
+    audio: dict[Path, np.ndarray] = {}
+    for ex in examples:
+        try:
+            audio[ex.audio] = load_audio(ex.audio)
+        except AudioError:
+            pass
+    gap = np.zeros(round(LONG_PAUSE_S * SAMPLE_RATE), np.float32)
+    subsets = list(dict.fromkeys(ex.subset for ex in examples))
+    parts = [(s, [ex for ex in examples if ex.subset == s and ex.audio in audio]) for s in subsets]
+    if len(subsets) > 1:
+        parts.append(("all", [ex for ex in examples if ex.audio in audio]))
+    out = [replace(ex, subset=f"clips/{ex.subset}") for ex in examples]
+    for name, part in parts:
+        for n, window in enumerate(long_windows([len(audio[ex.audio]) / SAMPLE_RATE for ex in part])):
+            joined = np.concatenate([x for i in window for x in (gap, audio[part[i].audio])][1:])
+            path = write_wav(out_dir / f"long-{name.replace('/', '_')}-{n:04d}.wav", joined)
+            out.append(Example(path, " ".join(part[i].text for i in window), len(joined) / SAMPLE_RATE, f"long/{name}"))
+    return out

@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING
 from .config import DecodingOptions
 from .data import MAX_DURATION_S, Example
 from .errors import ConfigError, WhisfusionError
-from .report import BUCKETS, BatchTiming, EvalReport, Utterance, bucket_of, summarize, summarize_where
+from .report import (
+    BUCKETS,
+    BatchTiming,
+    EvalReport,
+    Metrics,
+    Utterance,
+    bucket_of,
+    summarize,
+    summarize_where,
+)
 from .wer import char_errors, normalize, word_errors
 
 if TYPE_CHECKING:
@@ -157,10 +166,24 @@ def _report(model: ASRModel, options: DecodingOptions | None, eval_options: Eval
         model=model.name, engine=model.engine, preset=(options.preset_name if options else None), options=options,
         device=str(model.device), dtype=str(model.dtype).removeprefix("torch."),
         batch_size=eval_options.batch_size, n_examples=n_examples, skipped=dict(skipped),
-        overall=summarize(rows, timings), by_subset={s: summarize_where(rows, timings, subset=s) for s in subsets},
+        overall=summarize(rows, timings), by_subset=_by_subset(rows, timings, subsets),
         by_bucket={b: summarize_where(rows, timings, bucket=b) for b in buckets},
         by_subset_bucket=by_subset_bucket, utterances=rows, timings=timings,
     )
+
+
+def _by_subset(rows: Sequence[Utterance], timings: Sequence[BatchTiming], subsets: list[str]) -> dict[str, Metrics]:
+    """Metrics per subset; subsets named GROUP/NAME (`data.join_long`'s clips/... and long/...) also
+    add up into GROUP, listed before its members."""
+    out: dict[str, Metrics] = {}
+    for s in sorted(subsets, key=lambda s: "/" not in s):  # grouped ones first, each group in order
+        group = s.split("/")[0]
+        if "/" in s and group not in out:
+            prefix = group + "/"
+            out[group] = summarize([r for r in rows if r.subset.startswith(prefix)],
+                                   [t for t in timings if t.subset.startswith(prefix)])
+        out[s] = summarize_where(rows, timings, subset=s)
+    return out
 
 
 def evaluate(model: ASRModel, examples: Sequence[Example], eval_options: EvalOptions = EvalOptions(),
