@@ -311,3 +311,69 @@ def test_piped_junk_is_named_as_stdin(tiny_ckpt) -> None:
     result = runner.invoke(app, ["transcribe", "-", "-m", str(tiny_ckpt), "-q"], input=b"not media at all\n" * 50)
     assert result.exit_code == 1, result.output
     assert result.stderr.splitlines() == ["failed: -: not a media file ffmpeg can read"]
+
+
+# ---------------------------------------------------------------- 9. long jobs: Ctrl-C, resume, json
+
+
+def _count_decodes(monkeypatch, stop: int | None = None) -> list[int]:
+    """Records the windows of each decode call of the real model; raises KeyboardInterrupt (what Ctrl-C
+    raises) at call `stop`."""
+    from whisfusion_cli.asr import WhisfusionASR
+
+    calls: list[int] = []
+    decode = getattr(WhisfusionASR.decode_windows, "__wrapped__", WhisfusionASR.decode_windows)  # unpatched
+
+    def counted(self, windows, *args, **kwargs):
+        if len(calls) == stop:
+            raise KeyboardInterrupt
+        calls.append(len(windows))
+        return decode(self, windows, *args, **kwargs)
+
+    counted.__wrapped__ = decode  # type: ignore[attr-defined]
+    monkeypatch.setattr(WhisfusionASR, "decode_windows", counted)
+    return calls
+
+
+def test_ctrl_c_keeps_finished_windows_and_the_same_command_continues(tiny_ckpt, tmp_path,
+                                                                       monkeypatch) -> None:
+    from test_progress import speech
+
+    talk = speech(tmp_path / "talk.wav", 4)  # 4 windows, decoded one per batch
+    out = tmp_path / "out"
+    args = ["transcribe", str(talk), "-m", str(tiny_ckpt), "-o", str(out), "-f", "txt,json",
+            "--batch-size", "1", "-p", "fast"]
+    _count_decodes(monkeypatch, stop=2)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    assert result.stderr.splitlines() == ["interrupted: 0 files written, 1 partial file kept for resume "
+                                          "(0:06 of 0:16 done); rerun the same command to continue"]
+    assert sorted(p.name for p in out.iterdir()) == ["talk.partial.jsonl"]  # no output, not even half of one
+    assert len((out / "talk.partial.jsonl").read_text().splitlines()) == 1 + 2  # header + 2 windows
+
+    calls = _count_decodes(monkeypatch)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert calls == [1, 1] and "resuming at 0:06 of 0:16" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["talk.json", "talk.txt"]  # the sidecar is gone
+    calls = _count_decodes(monkeypatch)
+    whole = runner.invoke(app, [*args[:5], str(tmp_path / "whole"), *args[6:]])
+    assert whole.exit_code == 0 and calls == [1, 1, 1, 1]
+    assert (out / "talk.txt").read_text() == (tmp_path / "whole" / "talk.txt").read_text()
+
+    calls = _count_decodes(monkeypatch)
+    result = runner.invoke(app, [*args[:7], "srt", *args[8:], "-q"])  # srt added later
+    assert (result.exit_code, result.stderr, calls) == (0, "", [])  # written from talk.json
+    assert (out / "talk.srt").read_text().count(" --> ") >= 1
+
+
+def test_ctrl_c_while_loading_is_one_line_too(clips, tiny_ckpt, tmp_path, monkeypatch) -> None:
+    import whisfusion_cli.transcribe as transcribe
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transcribe, "load_model", interrupted)
+    result = runner.invoke(app, ["transcribe", str(clips[0]), "-m", str(tiny_ckpt), "-o", str(tmp_path)])
+    assert result.exit_code == 130 and result.stderr == "interrupted: nothing written\n", result.output

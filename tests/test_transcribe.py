@@ -26,6 +26,7 @@ from whisfusion_cli.transcribe import (
     FileFailed,
     FileStarted,
     Job,
+    Progress,
     TranscribeOptions,
     WindowsDone,
     collect_jobs,

@@ -269,6 +269,17 @@ def test_json_schema_round_trip() -> None:
     assert "naïve" in format_json(t)  # ensure_ascii=False
 
 
+def test_parse_json_reads_back_what_format_json_wrote() -> None:
+    words = (tr.Word(" Hi", 1.0, 1.25, 0.9), tr.Word(" there.", 1.25, 1.5, 0.8))
+    t = Transcript((Segment(0, 1.0, 1.5, "Hi there.", 0.85, words), Segment(1, 2.0, 3.0, "", None)), 3.0,
+                   model="m", preset=None, timings={"load_s": 0.25}, run_key="abc")
+    assert tr.parse_json(format_json(t)) == t and json.loads(format_json(t))["run_key"] == "abc"
+    assert tr.parse_json(format_json(_golden())).segments == _golden().segments
+    for bad in ("not json", "[]", '{"segments": [{"id": 0}]}'):
+        with pytest.raises(ValueError):
+            tr.parse_json(bad)
+
+
 def test_json_rounds_and_nulls_non_finite() -> None:
     t = Transcript((Segment(0, 1.23456, 2.0004, "x", float("nan")),), 2.5, preset=None)
     data = json.loads(format_json(t))

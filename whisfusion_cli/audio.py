@@ -113,6 +113,17 @@ def _load_ffmpeg(path: Path, sr: int) -> np.ndarray:
     return buf[:n].copy() if n < len(buf) // 2 else buf[:n]
 
 
+def media_duration(path: str | Path) -> float | None:
+    """Seconds of audio in a media file read from its header (nothing is decoded): a WAV's frame
+    count, else the container's duration by ffprobe; None when unknown (no such file, no duration)."""
+    try:
+        with wave.open(str(path), "rb") as w:
+            return w.getnframes() / w.getframerate()
+    except (wave.Error, EOFError, OSError):
+        pass
+    return _probe_duration(Path(path)) or None
+
+
 def _probe_duration(path: Path) -> float:
     """The container's duration in seconds (0 when unknown): a size hint for the sample buffer."""
     import ffmpeg

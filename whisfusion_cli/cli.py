@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -21,8 +21,9 @@ from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from .config import PRESETS, DecodingOptions, TrainConfig, decoding_overrides, resolve_decoding_options
@@ -143,9 +144,11 @@ def transcribe(
         "--batch-size", min=1, help="Windows decoded together (each x k candidates); default: as many as "
                                     "fit in memory (a share of free RAM, at most 1.5 GB, or of free GPU "
                                     "memory).")] = None,  # TranscribeOptions.batch_size (torch-free here)
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo files whose outputs exist.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo files whose outputs exist (a file's "
+                                                                "kept windows are still reused).")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Sampling seed (PDD).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary (errors and "
+                                                          "Ctrl-C's one line still print).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Timing breakdown per stage.")] = False,
     language: Annotated[str, typer.Option(
         "--language", help="Language spoken: whisfusion models (the bundled one too) are English-only; a "
@@ -165,35 +168,50 @@ def transcribe(
 
     With one file, no -o and txt, the transcript goes to stdout. The input - reads the media from
     standard input (cat clip.flac | whisfusion transcribe -); a file named -x goes after -- (-- -x).
-    Files whose outputs exist are skipped (rerun after a crash to resume).
-    Exit code: 0 all ok, 1 some files failed or are missing, 2 usage error.
+    Progress is in audio seconds of all inputs, the ETA from this run's rate.
+    Files whose outputs exist are skipped; rerun the same command after Ctrl-C or a crash to resume.
+    A long file's finished windows wait beside its outputs in NAME.partial.jsonl until they are written.
+    A format added later is written from NAME.json without decoding (same model, options and media).
+    Exit code: 0 all ok, 1 some files failed or are missing, 2 usage error, 130 interrupted (Ctrl-C).
     """
     setup_logging(quiet, verbose)
-    try:
-        fmts = parse_formats(formats)
-        subtitles = SubtitleOptions(max_line_width, max_line_count, max_cue_seconds)
-        overrides = decoding_overrides(k, steps, schedule, seed, select, verify)
-        options = resolve_decoding_options(preset, overrides)  # checked now; resolved against the model below
-        model = model or default_model()
-        if model is None:
-            raise fail("no bundled model in this install; pass --model DIR|REPO "
-                       "(a whisfusion checkpoint, or a Whisper one for the AR baseline)", 2)
-        check_flag_values(inputs)
-        from .transcribe import STDIN, TranscribeOptions, check_device
+    with interrupts():
+        try:
+            fmts = parse_formats(formats)
+            subtitles = SubtitleOptions(max_line_width, max_line_count, max_cue_seconds)
+            overrides = decoding_overrides(k, steps, schedule, seed, select, verify)
+            options = resolve_decoding_options(preset, overrides)  # checked now; against the model below
+            model = model or default_model()
+            if model is None:
+                raise fail("no bundled model in this install; pass --model DIR|REPO "
+                           "(a whisfusion checkpoint, or a Whisper one for the AR baseline)", 2)
+            check_flag_values(inputs)
+            from .transcribe import STDIN, TranscribeOptions, check_device
 
-        dev = check_device(device)
-    except WhisfusionError as e:
-        raise fail(str(e), 2) from None
-    with contextlib.ExitStack() as stack:
-        jobs, missing = gather_inputs(inputs, output_dir, stack)
-        to_stdout = (len(jobs) == 1 and not missing and output_dir is None and fmts == ("txt",)
-                     and not inputs[0].is_dir())
-        asr, options, lang = load_checked(model, dev, dtype, preset, overrides, options, language, word_timestamps)
-        redo = overwrite or to_stdout or list(inputs) == [STDIN]  # piped media: no earlier run to resume
-        topts = TranscribeOptions(fmts, redo, batch_size, not to_stdout, options, language=lang,
-                                  word_timestamps=word_timestamps, subtitles=subtitles)
-        failures = run_jobs(asr, jobs, topts, quiet, verbose, to_stdout, missing)
-    raise typer.Exit(1 if failures else 0)
+            dev = check_device(device)
+        except WhisfusionError as e:
+            raise fail(str(e), 2) from None
+        with contextlib.ExitStack() as stack:
+            jobs, missing = gather_inputs(inputs, output_dir, stack)
+            to_stdout = (len(jobs) == 1 and not missing and output_dir is None and fmts == ("txt",)
+                         and not inputs[0].is_dir())
+            asr, options, lang = load_checked(model, dev, dtype, preset, overrides, options, language,
+                                              word_timestamps)
+            redo = overwrite or to_stdout or list(inputs) == [STDIN]  # piped media: no earlier run to resume
+            topts = TranscribeOptions(fmts, redo, batch_size, not to_stdout, options, language=lang,
+                                      word_timestamps=word_timestamps, subtitles=subtitles)
+            failures = run_jobs(asr, jobs, topts, quiet, verbose, to_stdout, missing)
+        raise typer.Exit(1 if failures else 0)
+
+
+@contextlib.contextmanager
+def interrupts() -> Iterator[None]:
+    """Ctrl-C before the pipeline runs (loading torch or the model): one line, exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted:[/] nothing written", highlight=False)
+        raise typer.Exit(130) from None
 
 
 FLAG_VALUES = frozenset({"true", "false", "yes", "no", "on", "off"})
@@ -268,44 +286,88 @@ def check_output_dir(output_dir: Path | None) -> None:
 
 def run_jobs(asr: object, jobs: list, topts: object, quiet: bool, verbose: bool, to_stdout: bool,
              missing: Sequence[str] = ()) -> int:
-    """Drives transcribe_files with a progress bar; returns the number of failed (or missing) files."""
-    from .transcribe import FileDone, FileFailed, FileStarted, WindowsDone, transcribe_files
+    """Drives transcribe_files with a progress bar in audio seconds; returns the number of failed (or
+    missing) files. Ctrl-C: one line saying what was kept, exit 130."""
+    from .transcribe import FileDone, FileFailed, FileStarted, transcribe_files
 
     t0 = time.perf_counter()
     stats = {"files": 0, "skipped": 0, "audio_s": 0.0, "load_s": 0.0, "write_s": 0.0}
     failed: list[str] = list(missing)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err, disable=quiet, transient=True) as progress:
-        overall = progress.add_task(f"{len(jobs)} file(s)", total=None)
-        current: dict[Path, int] = {}
-        for event in transcribe_files(asr, jobs, topts):  # type: ignore[arg-type]
-            if isinstance(event, FileStarted):
-                current[event.job.source] = progress.add_task(event.job.source.name[-40:], total=event.duration)
-                stats["audio_s"] += event.duration
-                progress.update(overall, total=stats["audio_s"])
-            elif isinstance(event, WindowsDone):
-                progress.advance(current[event.job.source], event.seconds)
-                progress.advance(overall, event.seconds)
-            elif isinstance(event, FileFailed):
-                failed.append(event.error)
-                err.print(f"[red]failed:[/] {escape(event.error)}", highlight=False, soft_wrap=True)
-            elif isinstance(event, FileDone):
-                report_done(event, progress, current, stats, quiet, to_stdout)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[audio]}"),
+               TextColumn("{task.percentage:>3.0f}%"), EtaColumn())
+    with Progress(*columns, console=err, disable=quiet or not err.is_terminal, transient=True) as progress:
+        bar = progress.add_task(f"{len(jobs)} file(s)", total=None, audio="", eta_at=None)
+
+        def on_progress(p: Any) -> None:  # a transcribe.Progress: audio seconds done and in all
+            stats["audio_s"] = p.done_s - p.resumed_s
+            eta = p.eta_s
+            progress.update(bar, completed=p.done_s, total=p.total_s or None,
+                            audio=f"{clock(p.done_s)}/{clock(p.total_s)}",
+                            eta_at=None if eta is None else time.monotonic() + eta)
+
+        interrupted = False
+        try:
+            for event in transcribe_files(asr, jobs, topts, on_progress):  # type: ignore[arg-type]
+                if isinstance(event, FileStarted):
+                    progress.update(bar, description=event.job.source.name[-40:])
+                    if event.resumed_s and not quiet:
+                        progress.console.print(f"{escape(str(event.job.source))}: resuming at "
+                                               f"{clock(event.resumed_s)} of {clock(event.duration)}",
+                                               highlight=False, soft_wrap=True)
+                elif isinstance(event, FileFailed):
+                    failed.append(event.error)
+                    err.print(f"[red]failed:[/] {escape(event.error)}", highlight=False, soft_wrap=True)
+                elif isinstance(event, FileDone):
+                    report_done(event, stats, to_stdout)
+        except KeyboardInterrupt:  # Ctrl-C: the finished windows are in their sidecars already
+            interrupted = True
+    if interrupted:
+        err.print(f"[yellow]interrupted:[/] {escape(interrupted_line(asr, jobs, topts, stats, to_stdout))}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     if not quiet and (verbose or not to_stdout):
         print_summary(stats, failed, time.perf_counter() - t0, asr, verbose)
     return len(failed)
 
 
-def report_done(event: object, progress: Progress, current: dict, stats: dict, quiet: bool, to_stdout: bool) -> None:
+class EtaColumn(ProgressColumn):
+    """Time left at the run's audio-seconds rate (the library's estimate), counting down between updates."""
+
+    def render(self, task: Task) -> Text:
+        at = task.fields.get("eta_at")
+        left = "-:--" if at is None else clock(max(0.0, at - time.monotonic()))
+        return Text(f"eta {left}", style="progress.remaining")
+
+
+def clock(seconds: float) -> str:
+    """12:30, or 1:02:03 from an hour on."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def interrupted_line(asr: object, jobs: list, topts: object, stats: dict, to_stdout: bool) -> str:
+    """What Ctrl-C left: files written, and the partial files a rerun continues."""
+    from .transcribe import kept_partials
+
+    if to_stdout:
+        return "nothing written"
+    kept = kept_partials(asr, jobs, topts)  # type: ignore[arg-type]
+    line = f"{stats['files']} file{'' if stats['files'] == 1 else 's'} written"
+    if kept:
+        done, total = sum(k[1] for k in kept), sum(k[2] for k in kept)
+        line += (f", {len(kept)} partial file{'' if len(kept) == 1 else 's'} kept for resume "
+                 f"({clock(done)} of {clock(total)} done)")
+    return line + "; rerun the same command to continue"
+
+
+def report_done(event: object, stats: dict, to_stdout: bool) -> None:
     if event.skipped:  # type: ignore[attr-defined]
         stats["skipped"] += 1
         return
     stats["files"] += 1
-    task = current.pop(event.job.source, None)  # type: ignore[attr-defined]
-    if task is not None:
-        progress.remove_task(task)
-    stats["load_s"] += event.transcript.timings.get("load_s", 0.0)  # type: ignore[attr-defined]
+    if not event.reused:  # type: ignore[attr-defined]
+        stats["load_s"] += event.transcript.timings.get("load_s", 0.0)  # type: ignore[attr-defined]
     stats["write_s"] += event.write_s  # type: ignore[attr-defined]
     if event.warning:  # type: ignore[attr-defined]
         err.print(f"[yellow]warning:[/] {escape(f'{event.job.source}: {event.warning}')}",  # type: ignore

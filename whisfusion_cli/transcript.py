@@ -25,7 +25,7 @@ from .errors import ConfigError
 
 __all__ = [
     "FORMATS", "Segment", "SubtitleOptions", "Transcript", "Word", "format_json", "format_srt",
-    "format_tsv", "format_txt", "format_vtt", "output_paths", "parse_formats", "subtitle_cues",
+    "format_tsv", "format_txt", "format_vtt", "output_paths", "parse_formats", "parse_json", "subtitle_cues",
     "window_segments", "write_atomic", "write_transcript",
 ]  # fmt: skip
 
@@ -86,6 +86,8 @@ class Transcript:
         model: Model name or path.
         preset: Decoding preset name; None for the autoregressive baseline.
         timings: Stage timings in seconds, e.g. {"encode_s": ..., "decode_s": ...}.
+        run_key: What made it (model, options, media; see resume.py), so a later run can write
+            other formats from its json instead of transcribing again; "" when unknown.
     """
 
     segments: tuple[Segment, ...]
@@ -94,6 +96,7 @@ class Transcript:
     model: str = ""
     preset: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    run_key: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.segments))
@@ -255,8 +258,9 @@ def format_json(transcript: Transcript) -> str:
 
     Keys: text, segments (id, start, end, text, confidence when the segment has one, and words:
     word, start, end, probability, when it has word timestamps), language, model, preset,
-    duration, timings. Every segment is kept, blank ones included.
-    Non-finite floats are written as null so the output stays valid JSON.
+    duration, timings, and run_key when the transcript has one. Every segment is kept, blank
+    ones included. Non-finite floats are written as null so the output stays valid JSON.
+    `parse_json` reads it back.
     """
     segments: list[dict[str, Any]] = []
     for s in transcript.segments:
@@ -275,8 +279,25 @@ def format_json(transcript: Transcript) -> str:
         "preset": transcript.preset,
         "duration": _round(transcript.duration),
         "timings": {name: _round(value) for name, value in transcript.timings.items()},
-    }
+    } | ({"run_key": transcript.run_key} if transcript.run_key else {})
     return json.dumps(result, ensure_ascii=False, indent=2) + "\n"
+
+
+def parse_json(text: str) -> Transcript:
+    """The transcript `format_json` wrote (times to the millisecond, as written).
+
+    Raises:
+        ValueError: not JSON, or not in format_json's layout (also for missing keys and wrong types).
+    """
+    try:
+        data = json.loads(text)
+        segments = [Segment(s["id"], float(s["start"]), float(s["end"]), s["text"], s.get("confidence"),
+                            [Word(w["word"], float(w["start"]), float(w["end"]), float(w["probability"]))
+                             for w in s.get("words", ())]) for s in data["segments"]]
+        return Transcript(segments, float(data["duration"]), data["language"], data["model"], data["preset"],
+                          dict(data["timings"]), str(data.get("run_key", "")))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a whisfusion transcript json ({type(e).__name__}: {e})") from None
 
 
 def format_tsv(transcript: Transcript) -> str:
