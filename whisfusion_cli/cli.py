@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -163,6 +163,14 @@ def transcribe(
         "--max-line-count", help="srt/vtt: lines per cue.")] = _S.max_line_count,
     max_cue_seconds: Annotated[float, typer.Option(
         "--max-cue-seconds", help="srt/vtt: longest cue in seconds.")] = _S.max_cue_seconds,
+    ray: Annotated[Optional[str], typer.Option(
+        "--ray", metavar="ADDRESS", help="Spread the files over model replicas on a Ray cluster: local "
+                                         "(start one here: a replica per GPU, or --workers CPU replicas), "
+                                         "auto (the cluster this machine joined with ray start) or "
+                                         'ray://HEAD:10001. Needs pip install "whisfusion\\[ray]".')] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=1, help="--ray: model replicas (default: one per GPU; without GPUs one per 4 "
+                                 "cores, each with its share of the cores' threads).")] = None,
 ) -> None:
     """Transcribe media files or folders to txt/srt/vtt/json/tsv.
 
@@ -186,21 +194,26 @@ def transcribe(
                 raise fail("no bundled model in this install; pass --model DIR|REPO "
                            "(a whisfusion checkpoint, or a Whisper one for the AR baseline)", 2)
             check_flag_values(inputs)
+            if workers is not None and ray is None:
+                raise fail("--workers needs --ray (e.g. --ray local --workers 4)", 2)
             from .transcribe import STDIN, TranscribeOptions, check_device
 
-            dev = check_device(device)
+            dev = check_device(device) if ray is None else device  # --ray: each replica checks its own
         except WhisfusionError as e:
             raise fail(str(e), 2) from None
         with contextlib.ExitStack() as stack:
             jobs, missing = gather_inputs(inputs, output_dir, stack)
             to_stdout = (len(jobs) == 1 and not missing and output_dir is None and fmts == ("txt",)
                          and not inputs[0].is_dir())
-            asr, options, lang = load_checked(model, dev, dtype, preset, overrides, options, language,
-                                              word_timestamps)
+            asr, options, lang = (None, options, language) if ray is not None else \
+                load_checked(model, dev, dtype, preset, overrides, options, language, word_timestamps)
             redo = overwrite or to_stdout or list(inputs) == [STDIN]  # piped media: no earlier run to resume
             topts = TranscribeOptions(fmts, redo, batch_size, not to_stdout, options, language=lang,
                                       word_timestamps=word_timestamps, subtitles=subtitles)
-            failures = run_jobs(asr, jobs, topts, quiet, verbose, to_stdout, missing)
+            events = None if ray is None else start_cluster(
+                stack, ray, workers, model, device, dtype, preset, overrides, language, word_timestamps,
+                quiet).transcribe(jobs, topts)
+            failures = run_jobs(asr, jobs, topts, quiet, verbose, to_stdout, missing, events)
         raise typer.Exit(1 if failures else 0)
 
 
@@ -271,6 +284,23 @@ def load_checked(model: str, device: object, dtype: str, preset: str | None, ove
         raise fail(str(e), 2) from None
 
 
+def start_cluster(stack: contextlib.ExitStack, address: str, workers: int | None, model: str, device: str,
+                  dtype: str, preset: str | None, overrides: dict, language: str, word_timestamps: bool,
+                  quiet: bool) -> Any:
+    """Joins (or starts) the Ray cluster and loads a replica per worker; it stops with `stack`.
+    No Ray or no cluster: one line, exit 1; a model or options the replicas reject: exit 2."""
+    from .cluster import Cluster, ClusterError, ClusterOptions, ModelSpec
+
+    spec = ModelSpec(model, device, dtype, preset, tuple(overrides.items()), language, word_timestamps)
+    try:
+        with err.status(f"starting Ray replicas ({address})") if not quiet else contextlib.nullcontext():
+            return stack.enter_context(Cluster(ClusterOptions(address, workers), spec))
+    except ClusterError as e:
+        raise fail(str(e), 1) from None
+    except WhisfusionError as e:
+        raise fail(str(e), 2) from None
+
+
 def check_output_dir(output_dir: Path | None) -> None:
     if output_dir is None:
         return
@@ -285,9 +315,9 @@ def check_output_dir(output_dir: Path | None) -> None:
 
 
 def run_jobs(asr: object, jobs: list, topts: object, quiet: bool, verbose: bool, to_stdout: bool,
-             missing: Sequence[str] = ()) -> int:
-    """Drives transcribe_files with a progress bar in audio seconds; returns the number of failed (or
-    missing) files. Ctrl-C: one line saying what was kept, exit 130."""
+             missing: Sequence[str] = (), events: Iterable | None = None) -> int:
+    """Drives transcribe_files (or `events`: a Ray cluster's, by whole files) with a progress bar in audio
+    seconds; returns the number of failed (or missing) files. Ctrl-C: one line saying what was kept, exit 130."""
     from .transcribe import FileDone, FileFailed, FileStarted, transcribe_files
 
     t0 = time.perf_counter()
@@ -307,7 +337,13 @@ def run_jobs(asr: object, jobs: list, topts: object, quiet: bool, verbose: bool,
 
         interrupted = False
         try:
-            for event in transcribe_files(asr, jobs, topts, on_progress):  # type: ignore[arg-type]
+            by_file = events is not None  # a cluster's files report when they start and end
+            events = transcribe_files(asr, jobs, topts, on_progress) if events is None else events  # type: ignore
+            for event in events:
+                if by_file and isinstance(event, FileStarted):
+                    cluster_progress(progress, bar, event.duration, 0.0, stats)
+                elif by_file and isinstance(event, FileDone) and event.transcript is not None and not event.skipped:
+                    cluster_progress(progress, bar, 0.0, event.transcript.duration, stats)
                 if isinstance(event, FileStarted):
                     progress.update(bar, description=event.job.source.name[-40:])
                     if event.resumed_s and not quiet:
@@ -328,6 +364,14 @@ def run_jobs(asr: object, jobs: list, topts: object, quiet: bool, verbose: bool,
     if not quiet and (verbose or not to_stdout):
         print_summary(stats, failed, time.perf_counter() - t0, asr, verbose)
     return len(failed)
+
+
+def cluster_progress(progress: Progress, bar: Any, started_s: float, done_s: float, stats: dict) -> None:
+    """A Ray run's bar, by whole files: the total grows by each file started, the audio done by each finished."""
+    task = progress.tasks[0]
+    total, done = (task.total or 0) + started_s, task.completed + done_s
+    stats["audio_s"] += done_s
+    progress.update(bar, total=total or None, completed=done, audio=f"{clock(done)}/{clock(total)}")
 
 
 class EtaColumn(ProgressColumn):
@@ -384,7 +428,7 @@ def print_summary(stats: dict, failed: list, wall: float, asr: object, verbose: 
     table.add_row(str(stats["files"]), str(stats["skipped"]), str(len(failed)),
                   f"{stats['audio_s'] / 3600:.3f}", f"{wall:.2f}", f"{rtfx:.1f}")
     err.print(table)
-    if verbose:
+    if verbose and asr is not None:  # --ray: the stages ran in the replicas
         totals = dict(getattr(asr, "stopwatch").totals)
         err.print("timing (s): " + ", ".join(
             f"{k} {v:.3f}" for k, v in {"ffmpeg decode": stats["load_s"], "log-mel": totals.get("mel", 0.0),
