@@ -108,6 +108,8 @@ def test_a_verified_text_that_loops_keeps_the_draft(tiny_model):
     assert not looped(loop, loop)  # the draft loops too: nothing better to fall back on
 
     class Verifier:
+        verify_texts = Rescorer.verify_texts  # the real glue around this fake pass
+
         def __init__(self, text):
             self.text = text
 
@@ -269,6 +271,8 @@ def test_the_chosen_candidates_token_probabilities_set_verifications_margins(tin
     from whisfusion_cli.config import DecodingOptions
 
     class Spy:  # the AR decoder's verification, recording the margins it is given
+        verify_texts = Rescorer.verify_texts
+
         def cross_kv(self, xa):
             return []
 

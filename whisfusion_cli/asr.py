@@ -36,11 +36,10 @@ from .fastpath import GraphedDecoder, GraphedEncoder
 from .model import Whisfusion
 from .rescoring import Rescorer
 from .segment import SegmentOptions, split_windows
-from .selection import consensus, vote
+from .selection import choose
 from .timing import word_timestamps
 from .tokenizer import Tokenizer
 from .transcript import Segment, Transcript, Word, window_segments
-from .verification import looped, trusted_margins
 from .whisper import WhisperModel, WhisperTextDecoder
 
 FRAME_BUCKET = 50  # encoder states kept per batch are rounded up to 1 s: few distinct shapes
@@ -317,38 +316,24 @@ class WhisfusionASR(ASRModel):
     def _results(self, texts: list[tuple[str, ...]], ids: list[tuple[list[int], ...]], best: list[int],
                  scores: list[list[float]], xa: Tensor, options: DecodingOptions,
                  probs: list[tuple[list[float], ...]], limits: list[int] | None = None) -> list[WindowResult]:
-        """Each window's k texts (and their ids) -> its text by options.select, verified by the AR decoder
-        if options.verify (trusting the draft's confident tokens by options.trust, given their `probs`).
+        """The pipeline's last two stages for PDD's drafts: select (`selection.choose`: each window's k
+        texts -> one, by options.select) then verify (`Rescorer.verify_texts`, if options.verify: the AR
+        decoder's speculative check, trusting the draft's confident tokens by options.trust, given
+        their `probs`). The first stage, drafting, is `decoding.pdd` in `decode_windows`.
 
         best: the most confident candidate per window; scores: all k mean confidences; xa: (B, 1500, C).
         n_tokens: the chosen candidate's (the vote's center's) tokens, or the verified text's; limits: the most
         tokens each window's verified text may have (a looping AR decoder stops there, and keeps the draft)."""
         ar_kv = self.rescorer.cross_kv(xa) if options.select == "rescore" or options.verify else None
-        if options.select == "rescore":
-            ar = self.rescored(ar_kv, texts)
-            best = [max(range(len(s)), key=lambda j: (a[j], s[j])) for a, s in zip(ar, scores)]
-        elif options.select in ("consensus", "vote"):  # the consensus is also the vote's center
-            best = [consensus(t, s) for t, s in zip(texts, scores)]
-        chosen = [vote(t, s, b) if options.select == "vote" else t[b] for t, s, b in zip(texts, scores, best)]
+        ar = self.rescorer.rescored(ar_kv, self.tokenizer, texts) if options.select == "rescore" else None
+        best, chosen = choose(texts, scores, best, options.select, ar)  # select
         n_tokens, passes = [len(x[b]) for x, b in zip(ids, best)], 0
-        if options.verify:
-            drafts, margins = self.tokenizer.encode_transcripts(chosen), None
-            if options.trust and options.verify < 1:  # at verify 1: Whisper's greedy text exactly
-                margins = [trusted_margins(d, x[b], q[b], options.verify, options.trust)
-                           for d, x, q, b in zip(drafts, ids, probs, best)]
-            verified, passes = self.rescorer.verify(ar_kv, drafts, options.verify, margins, limits)
-            verified = [d if looped(self.tokenizer.decode(v), c) else v  # a loop keeps the draft
-                        for v, d, c in zip(verified, drafts, chosen)]
-            chosen, n_tokens = [self.tokenizer.decode(x) for x in verified], [len(x) for x in verified]
+        if options.verify:  # verify
+            chosen, n_tokens, passes = self.rescorer.verify_texts(
+                ar_kv, self.tokenizer, chosen, [x[b] for x, b in zip(ids, best)], [q[b] for q, b in zip(probs, best)],
+                options, limits)
         return [WindowResult(text, s[b], t, n, passes)
                 for text, t, s, b, n in zip(chosen, texts, scores, best, n_tokens)]
-
-    def rescored(self, ar_kv: list, texts: list[tuple[str, ...]]) -> list[list[float]]:
-        """log p_AR(text + end-of-text | audio) of every window's candidate texts, each distinct one read once."""
-        distinct = [list(dict.fromkeys(t)) for t in texts]
-        ids = [self.tokenizer.encode_transcripts(d) for d in distinct]
-        by_text = [dict(zip(d, s)) for d, s in zip(distinct, self.rescorer.scores(ar_kv, ids))]
-        return [[m[x] for x in t] for m, t in zip(by_text, texts)]
 
 
 class WhisperASR(ASRModel):

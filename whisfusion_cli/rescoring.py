@@ -35,8 +35,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .config import WhisfusionConfig, WhisperMDMConfig
-from .verification import Draft, Reading, Row, accepted_run, log_of
+from .config import DecodingOptions, WhisfusionConfig, WhisperMDMConfig
+from .verification import Draft, Reading, Row, accepted_run, log_of, looped, trusted_margins
 from .whisper import KVCache, WhisperTextDecoder, tied_head
 
 LOGITS_BUDGET = 1 << 28  # bytes of fp32 logits one chunk of rows may hold (256 MB)
@@ -217,6 +217,26 @@ class Rescorer(nn.Module):
                     state.keep([(k[:, :kept], v[:, :kept]) for k, v in tries[i][1].kv or []])
         return [s.result or [] for s in states], passes
 
+
+    def rescored(self, cross_kv: list[KVCache], tokenizer, texts: list[tuple[str, ...]]) -> list[list[float]]:
+        """log p_AR(text + end-of-text | audio) of every window's candidate texts, each distinct one read once."""
+        distinct = [list(dict.fromkeys(t)) for t in texts]
+        ids = [tokenizer.encode_transcripts(d) for d in distinct]
+        by_text = [dict(zip(d, s)) for d, s in zip(distinct, self.scores(cross_kv, ids))]
+        return [[m[x] for x in t] for m, t in zip(by_text, texts)]
+
+    def verify_texts(self, cross_kv: list[KVCache], tokenizer, chosen: list[str], ids: list[list[int]],
+                     probs: list[list[float]], options: DecodingOptions, limits: list[int] | None = None
+                     ) -> tuple[list[str], list[int], int]:
+        """The chosen texts verified (`verify`, ratio options.verify), trusting the draft's confident tokens
+        by options.trust (`trusted_margins`, from the chosen candidate's `ids` and their `probs`); a text
+        the AR decoder looped in keeps its draft (`looped`). Returns the texts, their token counts, passes."""
+        drafts, margins = tokenizer.encode_transcripts(chosen), None
+        if options.trust and options.verify < 1:  # at verify 1: Whisper's greedy text exactly
+            margins = [trusted_margins(d, x, q, options.verify, options.trust) for d, x, q in zip(drafts, ids, probs)]
+        verified, passes = self.verify(cross_kv, drafts, options.verify, margins, limits)
+        verified = [d if looped(tokenizer.decode(v), c) else v for v, d, c in zip(verified, drafts, chosen)]
+        return [tokenizer.decode(x) for x in verified], [len(x) for x in verified], passes
 
 def _runs(rows: list[Row]) -> list[tuple[int, int]]:
     """(i, j): maximal runs of consecutive rows with the same past (the same object)."""

@@ -88,3 +88,17 @@ def vote(texts: list[str] | tuple[str, ...], confidence: list[float], center: in
             if best is not None:
                 out.append(skeleton[g][1] if best == keys[g] else written[best])
     return " ".join(out)
+
+
+def choose(texts: list[tuple[str, ...]], scores: list[list[float]], best: list[int], select: str,
+           ar_scores: list[list[float]] | None = None) -> tuple[list[int], list[str]]:
+    """Each window's chosen candidate and its text by `select`: "confidence" keeps `best` (PDD's most
+    confident), "rescore" the AR decoder's likeliest (`ar_scores`, ties to the more confident),
+    "consensus" the one closest to the others, "vote" the word-by-word vote around it.
+
+    texts: per window its k candidate texts; scores: their mean token confidences."""
+    if select == "rescore":
+        best = [max(range(len(s)), key=lambda j: (a[j], s[j])) for a, s in zip(ar_scores or [], scores)]
+    elif select in ("consensus", "vote"):  # the consensus is also the vote's center
+        best = [consensus(t, s) for t, s in zip(texts, scores)]
+    return best, [vote(t, s, b) if select == "vote" else t[b] for t, s, b in zip(texts, scores, best)]
