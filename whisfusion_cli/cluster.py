@@ -24,8 +24,8 @@ from typing import Any
 
 from .config import DecodingOptions, resolve_decoding_options
 from .errors import ConfigError, WhisfusionError
-from .transcribe import (ASRModel, Event, FileDone, FileFailed, Job, TranscribeOptions, outputs_exist,
-                         transcribe_files)
+from .transcribe import ASRModel, Event, FileDone, FileFailed, Job, TranscribeOptions, transcribe_files
+from .transcript import output_paths
 
 __all__ = ["RAY_MISSING", "ClusterError", "ClusterOptions", "ModelSpec", "Replica", "Cluster", "import_ray"]
 log = logging.getLogger("whisfusion_cli")
@@ -227,7 +227,7 @@ class Cluster:
         """
         todo: deque[Job] = deque()
         for job in jobs:
-            if options.write and not options.overwrite and outputs_exist(job, options.formats):
+            if options.write and not options.overwrite and all(p.exists() for p in output_paths(job.stem, options.formats).values()):
                 yield FileDone(job, None, skipped=True)
             else:
                 todo.append(job)
