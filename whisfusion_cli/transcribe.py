@@ -221,11 +221,11 @@ def outputs_exist(job: Job, formats: Iterable[str]) -> bool:
 
 
 def decode_with_backoff(model: ASRModel, windows: list[np.ndarray], options: DecodingOptions | None,
-                        word_timestamps: bool = False) -> list[WindowResult]:
+                        word_timestamps: bool = False, vad: str = "energy") -> list[WindowResult]:
     """Decodes a batch; on CUDA out-of-memory, halves it and retries (down to one window)."""
     try:
         if word_timestamps:
-            return model.decode_windows(windows, options, word_timestamps=True)
+            return model.decode_windows(windows, options, word_timestamps=True, vad=vad)
         return model.decode_windows(windows, options)
     except torch.cuda.OutOfMemoryError:
         if len(windows) == 1:
@@ -234,8 +234,8 @@ def decode_with_backoff(model: ASRModel, windows: list[np.ndarray], options: Dec
         half = len(windows) // 2
         log.warning("CUDA out of memory at %d windows: retrying as %d + %d", len(windows), half,
                     len(windows) - half)
-        return (decode_with_backoff(model, windows[:half], options, word_timestamps)
-                + decode_with_backoff(model, windows[half:], options, word_timestamps))
+        return (decode_with_backoff(model, windows[:half], options, word_timestamps, vad)
+                + decode_with_backoff(model, windows[half:], options, word_timestamps, vad))
 
 
 @dataclass(eq=False)  # hashed by identity
@@ -303,7 +303,7 @@ def _run_batch(queue: list[tuple[_FileState, int]], model: ASRModel,
     batch = list(queue)
     queue.clear()
     results = decode_with_backoff(model, [s.windows[i].slice(s.audio) for s, i in batch], options.decoding,
-                                  options.word_timestamps)
+                                  options.word_timestamps, options.segment.vad)
     for (state, i), result in zip(batch, results):
         state.results[i] = result
         yield WindowsDone(state.job, state.windows[i].duration)
