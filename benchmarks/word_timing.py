@@ -1,10 +1,11 @@
 """CPU run: word-timestamp error on speech whose boundaries are known (issue #20).
 
-    python benchmarks/word_timing.py [--out benchmarks/results/word_timing_cpu.json] [--n-dev 24] [--n-synth 16]
+    python benchmarks/word_timing.py [--out benchmarks/results/word_timing_cpu.json] [--n-dev 8] [--n-synth 8]
 
 Sets:
   librispeech-joined  the 4 shared LibriSpeech clips in one file, room noise (each clip's own floor level)
                       between them; known: each clip's speech onset and offset and the silences between.
+                      +pink10, +music10: the same with pink noise or music (vad_noise.py's) 10 dB below the speech.
   dev-real-joined     the first N dev-real clips, 4 to a file, the same way.
   espeak              synthetic sentences (eSpeak NG, several voices and rates, -60 dBFS noise added),
                       4 to a file; known: every word's start and end (espeak_words.py).
@@ -17,7 +18,9 @@ known silence of >= 0.3 s by more than its outer 0.1 s.
 Systems: whisper-base (the AR baseline, greedy text) and the bundled model's presets (PDD text, aligned
 by its rescorer, i.e. Whisper base's decoder); methods: `openai` (openai-whisper's: DTW over the
 alignment heads and its sentence-mark rule, no silence rule), `energy` (timing.py's default: word edges
-kept out of energy silences), `silero` (silences from Silero VAD, if installed); plus the
+kept out of energy silences and moved onto them), `silero` (`--vad silero`: kept out of Silero's
+silences too, if installed; the windows are the default energy cuts for every method, so only the
+aligner's silences differ); plus the
 `openai-whisper` package itself on the same whisper-base weights as a cross-check, if installed.
 """
 
@@ -31,7 +34,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +58,7 @@ MIN_SILENCE_S = 0.3  # known silences shorter than this are not counted
 EDGE_S = 0.1  # a word in a silence overlaps it by more than its outer EDGE_S
 VOICES = ("en-us", "en", "en-us+f3", "en+m3", "en-us+m5", "en+f2")
 RATES = (150, 175, 200)  # words per minute
+NOISY_SNR_DB = 10.0  # the noisy copies of librispeech-joined
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,18 @@ def dev_real(n: int) -> list[tuple[str, np.ndarray]]:
     return [(r["text"], load_audio(root / r["audio"])) for r in rows]
 
 
+def with_noise(f: Joined, name: str, snr_db: float, rng: np.random.Generator) -> Joined:
+    """The file with vad_noise.py's pink noise or music over all of it, `snr_db` below its speech."""
+    from vad_noise import NOISES, mix
+
+    known = (f.spans[0][1], f.spans[-1][2])
+    return replace(f, name=f"{f.name.split('/')[0]}+{name}{snr_db:g}", audio=mix(f.audio, NOISES[name](len(f.audio), rng), snr_db, known))
+
+
 def real_sets(n_dev: int, seed: int = 0) -> list[Joined]:
     rng = np.random.default_rng(seed)
     out = [join_clips("librispeech-joined", librispeech(), (1.0, 0.6, 2.0), rng)]
+    out += [with_noise(out[0], name, NOISY_SNR_DB, rng) for name in ("pink", "music")]
     clips = dev_real(n_dev)
     for i in range(0, len(clips), 4):
         group = clips[i: i + 4]
@@ -159,11 +172,10 @@ def espeak_sets(n: int, seed: int = 0) -> list[Joined]:
 
 
 def silero_silences() -> timing.SilenceFinder | None:
-    try:
-        from whisfusion_cli import vad
-    except ImportError:
-        return None
-    return vad.silences if vad.silero_available() else None
+    """`--vad silero`'s silences (timing.silence_finder), or None without the silero-vad package."""
+    from whisfusion_cli import vad
+
+    return timing.silence_finder("silero") if vad.silero_available() else None
 
 
 def aligned_words(asr, audio: np.ndarray, preset: str | None,
@@ -296,8 +308,8 @@ def systems(presets: Sequence[str]) -> list[tuple[str, object, str | None]]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "word_timing_cpu.json")
-    ap.add_argument("--n-dev", type=int, default=24, help="dev-real clips (4 to a joined file)")
-    ap.add_argument("--n-synth", type=int, default=16, help="eSpeak sentences (4 to a file)")
+    ap.add_argument("--n-dev", type=int, default=8, help="dev-real clips (4 to a joined file)")
+    ap.add_argument("--n-synth", type=int, default=8, help="eSpeak sentences (4 to a file)")
     ap.add_argument("--presets", default="fast,balanced,accurate")
     ap.add_argument("--no-openai-whisper", action="store_true")
     args = ap.parse_args(argv)

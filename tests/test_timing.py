@@ -26,6 +26,7 @@ from whisfusion_cli.timing import (
     merge_punctuation,
     silence_finder,
     silences,
+    union,
     word_timestamps,
 )
 from whisfusion_cli.transcript import (
@@ -138,6 +139,15 @@ def test_silence_keeps_words_out_and_pulls_the_edges_next_to_it() -> None:
     assert spans[3] == (3.3, 3.6)  # 0.9 s before the next silence: more than MAX_SNAP_S, left alone
     assert spans[4] == (5.5, 6.0)  # 0.5 s after its silence: left alone too
     assert MAX_SNAP_S < 0.5
+
+
+def test_snapping_stops_at_any_silence_and_unions_merge() -> None:
+    words = [_Timing(" a", 0.5, 1.0, 0.9), _Timing(" b", 1.5, 1.8, 0.9)]
+    # the energy rule's silence starts 0.2 s after "a", but Silero's starts 0.1 s after it: no snap;
+    # both end at 1.4, 0.1 s before "b": it snaps
+    keep_out_of_silence(words, quiet=[(1.1, 1.4)], snap_to=[(1.2, 1.4)])
+    assert (words[0].end, words[1].start) == (1.0, 1.4)
+    assert union([(0.0, 1.0), (3.0, 4.0)], [(0.5, 2.0), (5.0, 6.0)]) == [(0.0, 2.0), (3.0, 4.0), (5.0, 6.0)]
 
 
 def test_silence_finder_names_the_vads() -> None:

@@ -183,23 +183,44 @@ def silences(audio: np.ndarray) -> list[tuple[float, float]]:
     return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b > a]
 
 
-def silence_finder(vad: str) -> SilenceFinder:
-    """The silences of segment.py's VAD named `vad`: "energy" (`silences`) or "silero" (vad.py)."""
-    if vad == "silero":
-        from .vad import silences as silero_silences
+def union(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of two sets of (start, end) intervals, sorted and merged."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(a + b):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
-        return silero_silences
+
+def silero_or_energy_silences(audio: np.ndarray) -> list[tuple[float, float]]:
+    """Where either Silero VAD or the energy rule hears no speech: Silero finds the silences that noise
+    or music fills (the energy rule then finds none), the energy rule keeps its sharper edges."""
+    from .vad import silences as silero_silences
+
+    return union(silences(audio), silero_silences(audio))
+
+
+def silence_finder(vad: str) -> SilenceFinder:
+    """The silences for segment.py's VAD named `vad`: "energy" (`silences`) or "silero"
+    (`silero_or_energy_silences`)."""
+    if vad == "silero":
+        return silero_or_energy_silences
     if vad != "energy":
         raise ValueError(f"unknown vad {vad!r} (expected 'energy' or 'silero')")
     return silences
 
 
-def keep_out_of_silence(words: list[_Timing], quiet: list[tuple[float, float]]) -> None:
-    """Moves word edges that the DTW ran into a silence back to its side: a word across the silence's
-    start ends there, one across its end starts there (whichever side holds more of the word). Then
-    the last word before a silence ends where it starts, and the first word after it starts where it
-    ends, if that is at most MAX_SNAP_S away and no other silence lies between: the speech there is
-    that word's (the DTW ends sentence-final words early, LibriSpeech median 0.13 s)."""
+def keep_out_of_silence(words: list[_Timing], quiet: list[tuple[float, float]],
+                        snap_to: list[tuple[float, float]] | None = None) -> None:
+    """Moves word edges that the DTW ran into a silence of `quiet` back to its side: a word across the
+    silence's start ends there, one across its end starts there (whichever side holds more of the
+    word). Then, for each speech stretch between two silences of `snap_to` (default `quiet`; the
+    energy rule's, whose edges are sharp where Silero's lag), its last word ends where the silence
+    after it starts and its first word starts where the one before it ends, if that is at most
+    MAX_SNAP_S away: the speech there is that word's (the DTW ends sentence-final words early,
+    LibriSpeech median 0.13 s)."""
     for w in words:
         for a, b in quiet:
             if w.end <= a or w.start >= b:
@@ -211,16 +232,22 @@ def keep_out_of_silence(words: list[_Timing], quiet: list[tuple[float, float]]) 
                 w.end = a
             else:
                 w.start = b
-    bounds = [0.0] + [t for q in quiet for t in q] + [math.inf]
+    snap_to = quiet if snap_to is None else snap_to
+    bounds = [0.0] + [t for q in snap_to for t in q] + [math.inf]
     for lo, hi in zip(bounds[::2], bounds[1::2]):  # the speech between two silences
         inside = [w for w in words if lo <= w.start and w.end <= hi]
         if not inside:
             continue
         first, last = inside[0], inside[-1]
-        if lo > 0 and 0 < first.start - lo <= MAX_SNAP_S:
+        if lo > 0 and 0 < first.start - lo <= MAX_SNAP_S and not _in_any(lo, first.start, quiet):
             first.start = lo
-        if hi < math.inf and 0 < hi - last.end <= MAX_SNAP_S:
+        if hi < math.inf and 0 < hi - last.end <= MAX_SNAP_S and not _in_any(last.end, hi, quiet):
             last.end = hi
+
+
+def _in_any(a: float, b: float, quiet: list[tuple[float, float]]) -> bool:
+    """Whether (a, b) overlaps a silence of `quiet` (then a snap across it would enter the silence)."""
+    return any(a < e and s < b for s, e in quiet)
 
 
 def merge_punctuation(words: list[_Timing]) -> list[_Timing]:
@@ -304,7 +331,8 @@ def align_window(decoder: WhisperTextDecoder, xa: Tensor, prompt: list[int], tok
     _truncate_at_sentence_marks(timings)
     timings = merge_punctuation(timings)  # first: a word's own edge snaps, not its full stop's
     if find_silences is not None:
-        keep_out_of_silence(timings, find_silences(audio))
+        quiet = find_silences(audio)  # edges snap onto the energy rule's silences only: Silero's lag the speech
+        keep_out_of_silence(timings, quiet, quiet if find_silences is silences else silences(audio))
     duration = n_samples / SAMPLE_RATE
     return [Word(t.word, min(t.start, duration), min(t.end, duration), t.probability) for t in timings]
 

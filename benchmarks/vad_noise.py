@@ -1,13 +1,14 @@
 """CPU run: the energy rule against Silero VAD on real speech with noise and music mixed in (issue #20).
 
-    python benchmarks/vad.py [--out benchmarks/results/vad_cpu.json] [--n-clips 24]
+    python benchmarks/vad_noise.py [--out benchmarks/results/vad_cpu.json] [--n-clips 24]
 
 Each of the first N dev-real clips gets 1 s of digital silence on either side, then white noise, pink
 noise or a synthetic music-like signal (harmonic notes, a bass line and drum-like noise bursts) over
 the whole, at several SNRs (against the clean clip's power inside its speech). Known speech: the
 clean clip's onset to offset (word_timing.speech_bounds, 10 ms frames against its own noise floor).
 Per detector (segment.speech_regions, unpadded, as the window cuts use it): 10 ms speech-frame
-precision and recall pooled over the clips. Then noise or music alone (10 s at several levels): how
+precision and recall pooled over the clips ("none": the clean clips; a detector's onsets and offsets
+there against the reference are in "reference_check"). Then noise or music alone (10 s at several levels): how
 much speech each detector finds there, and what the bundled model (fast preset) writes for it.
 """
 
@@ -124,6 +125,24 @@ def mixed_rows(n_clips: int, vads: list[str], rng: np.random.Generator) -> list[
     return rows
 
 
+def reference_check(n_clips: int, vads: list[str]) -> dict:
+    """How far each detector's first onset and last offset on the clean clips lie from speech_bounds
+    (seconds, signed: + is later): the reference is one rule, Silero an independent model."""
+    out = {}
+    clips = dev_real(n_clips)
+    for vad in vads:
+        on, off = [], []
+        for _, audio in clips:
+            found, (a, b) = detect(audio, vad), speech_bounds(audio)
+            if found:
+                on.append(found[0][0] - a)
+                off.append(found[-1][1] - b)
+        out[vad] = {f"{k}_{q}": round(float(np.percentile(x, p)), 3)
+                    for k, x in (("onset", on), ("offset", off)) for q, p in (("median", 50), ("p90", 90))}
+        out[vad]["abs_onset_median"] = round(float(np.median(np.abs(on))), 3)
+    return out
+
+
 def noise_only_rows(vads: list[str], rng: np.random.Generator, transcribe: bool) -> list[dict]:
     asr = None
     if transcribe:
@@ -160,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     mixed = mixed_rows(args.n_clips, vads, rng)
     alone = noise_only_rows(vads, rng, not args.no_transcribe)
     record = {"device": "cpu", "silero_vad": "silero" in vads, "seconds": round(time.perf_counter() - t0, 1),
-              "speech_with_noise": mixed, "noise_alone": alone}
+              "reference_check": reference_check(args.n_clips, vads), "speech_with_noise": mixed,
+              "noise_alone": alone}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     for r in mixed:
