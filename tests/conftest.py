@@ -25,6 +25,7 @@ def benchmark_script():
     def load(name: str):
         spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is made
         spec.loader.exec_module(module)
         return module
 

@@ -339,6 +339,24 @@ def test_word_timestamps_in_every_format(real_clips, weights_dir, tmp_path) -> N
     assert len(rows) == 1 + len(words)
 
 
+def test_highlight_words_with_silero_vad_give_karaoke_cues(real_clips, weights_dir, tmp_path) -> None:
+    pytest.importorskip("silero_vad")
+    clip = real_clips[1][0]  # "Stuff it into you, his belly counselled him."
+    result = runner.invoke(app, ["transcribe", str(clip), "-m", str(weights_dir / "whisper-tiny.en"), "-o",
+                                 str(tmp_path), "-f", "json,srt,vtt", "--word-timestamps", "--highlight-words",
+                                 "--vad", "silero", "-q"])
+    assert result.exit_code == 0, result.output
+    words = [w["word"].strip() for s in json.loads((tmp_path / f"{clip.stem}.json").read_text())["segments"]
+             for w in s["words"]]
+    assert "stuff" in " ".join(words).lower()
+    subs = list(srt.parse((tmp_path / f"{clip.stem}.srt").read_text()))
+    captions = webvtt.read(str(tmp_path / f"{clip.stem}.vtt")).captions
+    assert len(subs) == len(captions) > len(words) / 2
+    for texts in ([s.content for s in subs], [c.raw_text for c in captions]):
+        assert [t.split("<u>")[1].split("</u>")[0] for t in texts if "<u>" in t] == words
+    _check_times([(s.start.total_seconds(), s.end.total_seconds()) for s in subs], 3.28)
+
+
 def test_quiet_success_prints_nothing_to_stderr(real_clips, tiny_ckpt, tmp_path) -> None:
     proc = _whisfusion("transcribe", real_clips[2][0], "-o", tmp_path, "-f", "srt", "-m", tiny_ckpt, "-q")
     assert (proc.returncode, proc.stderr, proc.stdout) == (0, "", "")
@@ -361,6 +379,7 @@ runner = CliRunner()
     (["{tmp}/empty_dir"], "no media files found"),
     (["{clip}", "--max-line-width", "0"], "subtitle limits must be positive"),
     (["{clip}", "--word-timestamps"], "ships no rescorer (Whisper's AR decoder), which word timestamps need"),
+    (["{clip}", "--vad", "webrtc"], "vad must be 'energy' or 'silero'"),
 ])
 def test_usage_errors_are_one_line_with_exit_2(args, needle, real_clips, tiny_ckpt, tmp_path) -> None:
     (tmp_path / "file.txt").write_text("a regular file\n")

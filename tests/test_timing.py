@@ -14,14 +14,19 @@ import torch
 import webvtt
 
 from whisfusion_cli.config import WhisperTextConfig
-from whisfusion_cli.cues import SubtitleOptions, word_cues
+from whisfusion_cli.cues import SubtitleOptions, karaoke, word_cues
 from whisfusion_cli.timing import (
+    MAX_SNAP_S,
     _Timing,
     alignment_heads,
     dtw,
     group_words,
+    keep_out_of_silence,
     median_filter,
     merge_punctuation,
+    silence_finder,
+    silences,
+    union,
     word_timestamps,
 )
 from whisfusion_cli.transcript import (
@@ -120,6 +125,35 @@ def test_merge_punctuation_attaches_to_neighbours_and_keeps_host_times() -> None
     merged = merge_punctuation(timings)
     assert [w.word for w in merged] == [" Hello,", " world.", " (aside)", ' " Quoted"']
     assert [(w.start, w.end) for w in merged] == [(0.0, 0.5), (2.0, 2.5), (5.0, 5.5), (8.0, 8.5)]
+
+
+def test_silence_keeps_words_out_and_pulls_the_edges_next_to_it() -> None:
+    words = [_Timing(" a", 0.5, 1.2, 0.9), _Timing(" b", 1.2, 1.8, 0.9), _Timing(" c", 2.9, 3.3, 0.9),
+             _Timing(" d", 3.3, 3.6, 0.9), _Timing(" e", 5.5, 6.0, 0.9)]
+    quiet = [(0.0, 0.7), (2.0, 3.0), (4.5, 5.0)]
+    keep_out_of_silence(words, quiet)
+    spans = [(w.start, w.end) for w in words]
+    assert spans[0] == (0.7, 1.2)  # ran into the leading silence: starts where it ends
+    assert spans[1] == (1.2, 2.0)  # ended 0.2 s before a silence: the speech up to it is this word's
+    assert spans[2] == (3.0, 3.3)  # ran into the silence before it
+    assert spans[3] == (3.3, 3.6)  # 0.9 s before the next silence: more than MAX_SNAP_S, left alone
+    assert spans[4] == (5.5, 6.0)  # 0.5 s after its silence: left alone too
+    assert MAX_SNAP_S < 0.5
+
+
+def test_snapping_stops_at_any_silence_and_unions_merge() -> None:
+    words = [_Timing(" a", 0.5, 1.0, 0.9), _Timing(" b", 1.5, 1.8, 0.9)]
+    # the energy rule's silence starts 0.2 s after "a", but Silero's starts 0.1 s after it: no snap;
+    # both end at 1.4, 0.1 s before "b": it snaps
+    keep_out_of_silence(words, quiet=[(1.1, 1.4)], snap_to=[(1.2, 1.4)])
+    assert (words[0].end, words[1].start) == (1.0, 1.4)
+    assert union([(0.0, 1.0), (3.0, 4.0)], [(0.5, 2.0), (5.0, 6.0)]) == [(0.0, 2.0), (3.0, 4.0), (5.0, 6.0)]
+
+
+def test_silence_finder_names_the_vads() -> None:
+    assert silence_finder("energy") is silences
+    with pytest.raises(ValueError):
+        silence_finder("webrtc")
 
 
 def test_word_timestamps_on_random_decoder_are_ordered() -> None:
@@ -228,6 +262,34 @@ def test_srt_and_vtt_from_words_parse_and_agree(tmp_path: Path) -> None:
     assert all(a.end <= b.start for a, b in itertools.pairwise(subs))
     assert any("potatoes." in s.content for s in subs)
     _check_word_cues(cues, [w for s in t.segments for w in s.words], SubtitleOptions())
+
+
+def test_karaoke_underlines_each_word_in_turn() -> None:
+    words = _words([("Hello", 1.0, 1.4), ("big", 1.6, 1.9), ("world.", 1.9, 2.5)])
+    cues = karaoke(0.9, 2.5, "Hello big\nworld.", words)
+    assert [(c.start, c.end) for c in cues] == [(0.9, 1.0), (1.0, 1.4), (1.4, 1.6), (1.6, 1.9), (1.9, 2.5)]
+    assert [c.text for c in cues] == ["Hello big\nworld.", "<u>Hello</u> big\nworld.", "Hello big\nworld.",
+                                      "Hello <u>big</u>\nworld.", "Hello big\n<u>world.</u>"]
+    assert karaoke(0.0, 1.0, "two words", words[:1]) == [karaoke(0.0, 1.0, "two words", words[:1])[0]]  # plain
+
+
+def test_highlighted_srt_and_vtt_parse_and_underline_every_word_once(tmp_path: Path) -> None:
+    t = _word_transcript()
+    options = SubtitleOptions(highlight_words=True)
+    subs = list(srt.parse(format_srt(t, options)))
+    path = tmp_path / "clip.vtt"
+    path.write_text(format_vtt(t, options), encoding="utf-8")
+    captions = webvtt.read(str(path)).captions
+    words = [w.word.strip() for s in t.segments for w in s.words]
+    for texts in ([s.content for s in subs], [c.raw_text for c in captions]):
+        underlined = [x.split("<u>")[1].split("</u>")[0] for x in texts if "<u>" in x]
+        assert [u.replace("&lt;", "<").replace("&gt;", ">") for u in underlined] == words
+    assert all(a.end <= b.start for a, b in itertools.pairwise(subs))
+    assert all(s.start < s.end for s in subs)
+    assert "&lt;on&gt;" in format_vtt(t, options) and "<u>&lt;on&gt;</u>" in format_vtt(t, options)
+    plain = subtitle_cues(t)
+    assert subs[0].start.total_seconds() == pytest.approx(plain[0].start)
+    assert subs[-1].end.total_seconds() == pytest.approx(plain[-1].end)
 
 
 def test_json_and_tsv_with_words() -> None:

@@ -265,7 +265,7 @@ def test_json_names_the_preset_it_decoded_with(real_clips, tiny_model, tmp_path)
 class _WordModel(_EchoModel):
     """Every window says "One two. Three" with words at fixed times from its start."""
 
-    def decode_windows(self, windows, options=None, word_timestamps=False) -> list[WindowResult]:
+    def decode_windows(self, windows, options=None, word_timestamps=False, vad="energy") -> list[WindowResult]:
         self.calls.append(len(windows))
         words = (Word(" One", 0.1, 0.3, 0.9), Word(" two.", 0.3, 0.6, 0.8), Word(" Three", 1.0, 1.4, 0.7))
         return [WindowResult("One two. Three", 0.8, words=words if word_timestamps else ()) for _ in windows]

@@ -37,7 +37,7 @@ from .model import Whisfusion
 from .rescoring import Rescorer
 from .segment import SegmentOptions, split_windows
 from .selection import choose
-from .timing import word_timestamps
+from .timing import silence_finder, word_timestamps
 from .tokenizer import Tokenizer
 from .transcript import Segment, Transcript, Word, window_segments
 from .whisper import WhisperModel, WhisperTextDecoder
@@ -150,18 +150,20 @@ class ASRModel:
         return xa
 
     def decode_windows(self, windows: Sequence[np.ndarray], options: DecodingOptions | None = None,
-                       word_timestamps: bool = False) -> list[WindowResult]:
+                       word_timestamps: bool = False, vad: str = "energy") -> list[WindowResult]:
+        """Each window's text (and with word_timestamps its timed words; `vad` finds the silences no
+        word may cross: segment.py's "energy" rule or "silero")."""
         raise NotImplementedError
 
     def add_words(self, results: list[WindowResult], windows: Sequence[np.ndarray], xa: Tensor,
-                  decoder: WhisperTextDecoder, prompt: list[int], ids: list[list[int]] | None = None
-                  ) -> list[WindowResult]:
+                  decoder: WhisperTextDecoder, prompt: list[int], ids: list[list[int]] | None = None,
+                  vad: str = "energy") -> list[WindowResult]:
         """The results with their words timed by Whisper's AR `decoder` over the windows' encoder
-        states xa (B, 1500, C) (timing.py); ids: the texts' ids if known, else encoded here.
-        Times the "align" stage."""
+        states xa (B, 1500, C) (timing.py); ids: the texts' ids if known, else encoded here; vad: what
+        finds the silences words are kept out of. Times the "align" stage."""
         tok = self.tokenizer
         ids = ids if ids is not None else tok.encode_transcripts([r.text for r in results])
-        words = word_timestamps(decoder, xa, prompt, tok.eos_id, ids, windows, tok.piece)
+        words = word_timestamps(decoder, xa, prompt, tok.eos_id, ids, windows, tok.piece, silence_finder(vad))
         self.stopwatch.lap("align")
         return [replace(r, words=tuple(w)) for r, w in zip(results, words)]
 
@@ -204,7 +206,8 @@ class ASRModel:
         segments: list[Segment] = []
         for i in range(0, len(windows), batch_size):
             batch = windows[i: i + batch_size]
-            results = self.decode_windows([w.slice(audio) for w in batch], options, word_timestamps)
+            results = self.decode_windows([w.slice(audio) for w in batch], options, word_timestamps,
+                                          segment_options.vad)
             for w, r in zip(batch, results):
                 segments += window_segments(len(segments), w.start, w.end, r.text, r.confidence, r.words)
         return Transcript(tuple(segments), len(audio) / SAMPLE_RATE, model=self.name,
@@ -249,7 +252,7 @@ class WhisfusionASR(ASRModel):
 
     @torch.inference_mode()
     def decode_windows(self, windows: Sequence[np.ndarray], options: DecodingOptions | None = None,
-                       word_timestamps: bool = False) -> list[WindowResult]:
+                       word_timestamps: bool = False, vad: str = "energy") -> list[WindowResult]:
         options = options or self.options()
         if not windows:
             return []
@@ -273,7 +276,7 @@ class WhisfusionASR(ASRModel):
         results = self._results(list(texts), list(ids), best, scores, xa, options, list(probs), limits)
         self.stopwatch.lap("decode")
         if word_timestamps:  # check_options made sure a rescorer ships
-            results = self.add_words(results, windows, xa, self.rescorer.decoder, self.rescorer.prompt)
+            results = self.add_words(results, windows, xa, self.rescorer.decoder, self.rescorer.prompt, vad=vad)
         return results
 
     def check_options(self, options: DecodingOptions, word_timestamps: bool = False) -> None:
@@ -354,7 +357,7 @@ class WhisperASR(ASRModel):
 
     @torch.inference_mode()
     def decode_windows(self, windows: Sequence[np.ndarray], options: DecodingOptions | None = None,
-                       word_timestamps: bool = False) -> list[WindowResult]:
+                       word_timestamps: bool = False, vad: str = "energy") -> list[WindowResult]:
         if not windows:
             return []
         xa = self.encode(windows)
@@ -364,7 +367,7 @@ class WhisperASR(ASRModel):
         results = [WindowResult(self.tokenizer.decode(t), float(lp.exp()), (), len(t))
                    for t, lp in zip(ids, mean_logprob)]
         if word_timestamps:
-            results = self.add_words(results, windows, xa, self.net.decoder, self.prompt, ids)
+            results = self.add_words(results, windows, xa, self.net.decoder, self.prompt, ids, vad)
         return results
 
 

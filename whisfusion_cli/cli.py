@@ -27,7 +27,8 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from .config import PRESETS, DecodingOptions, TrainConfig, decoding_overrides, resolve_decoding_options
-from .errors import WhisfusionError
+from .errors import ConfigError, WhisfusionError
+from .segment import SegmentOptions
 from .transcript import SubtitleOptions, parse_formats
 
 
@@ -120,6 +121,17 @@ VerifyOpt = Annotated[Optional[float], typer.Option(
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cuda, cuda:N or cpu.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")]
 _S = SubtitleOptions()  # subtitle defaults are read from the dataclass, never retyped
+_SEG = SegmentOptions()
+
+
+def check_vad(vad: str) -> SegmentOptions:
+    """The window options for `--vad`; ConfigError if unknown or Silero VAD is not installed."""
+    from .vad import silero_available
+
+    segment = SegmentOptions(vad=vad)  # type: ignore[arg-type]  # checked in __post_init__
+    if vad == "silero" and not silero_available():
+        raise ConfigError("--vad silero needs the silero-vad package: pip install silero-vad")
+    return segment
 
 
 @app.command(cls=Command)
@@ -171,6 +183,13 @@ def transcribe(
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=1, help="--ray: model replicas (default: one per GPU; without GPUs one per 4 "
                                  "cores, each with its share of the cores' threads).")] = None,
+    highlight_words: Annotated[bool, typer.Option(
+        "--highlight-words", help="srt/vtt with --word-timestamps: karaoke cues, each word underlined "
+                                  "while it is spoken.")] = _S.highlight_words,
+    vad: Annotated[str, typer.Option(
+        "--vad", help="What finds speech for window cuts and the silences words and cues keep out of: "
+                      "energy (a loudness rule) or silero (Silero VAD, pip install silero-vad; "
+                      "far better in noise or music).")] = _SEG.vad,
 ) -> None:
     """Transcribe media files or folders to txt/srt/vtt/json/tsv.
 
@@ -186,7 +205,9 @@ def transcribe(
     with interrupts():
         try:
             fmts = parse_formats(formats)
-            subtitles = SubtitleOptions(max_line_width, max_line_count, max_cue_seconds)
+            subtitles = SubtitleOptions(max_line_width, max_line_count, max_cue_seconds,
+                                        highlight_words=highlight_words)
+            segment = check_vad(vad)
             overrides = decoding_overrides(k, steps, schedule, seed, select, verify)
             options = resolve_decoding_options(preset, overrides)  # checked now; against the model below
             model = model or default_model()
@@ -209,7 +230,7 @@ def transcribe(
                 load_checked(model, dev, dtype, preset, overrides, options, language, word_timestamps)
             redo = overwrite or to_stdout or list(inputs) == [STDIN]  # piped media: no earlier run to resume
             topts = TranscribeOptions(fmts, redo, batch_size, not to_stdout, options, language=lang,
-                                      word_timestamps=word_timestamps, subtitles=subtitles)
+                                      word_timestamps=word_timestamps, subtitles=subtitles, segment=segment)
             events = None if ray is None else start_cluster(
                 stack, ray, workers, model, device, dtype, preset, overrides, language, word_timestamps,
                 quiet).transcribe(jobs, topts)

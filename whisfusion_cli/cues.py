@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -37,6 +38,8 @@ class SubtitleOptions:
         max_silence_s: with word timestamps, no cue spans a silence this long between two words.
         pause_s: with word timestamps, a silence this long is a preferred place to cut, and a
             sentence end followed by one always ends a cue.
+        highlight_words: with word timestamps, karaoke cues: each word underlined (<u>...</u>)
+            from its start to its end in a copy of its cue (openai-whisper's --highlight_words).
     """
 
     max_line_width: int = 42
@@ -44,6 +47,7 @@ class SubtitleOptions:
     max_cue_seconds: float = 7.0
     max_silence_s: float = 1.0
     pause_s: float = 0.4
+    highlight_words: bool = False
 
     def __post_init__(self) -> None:
         if self.max_line_width < 1 or self.max_line_count < 1 or not self.max_cue_seconds > 0:
@@ -71,11 +75,13 @@ class TimedWord(Protocol):
 
 @dataclass(frozen=True)
 class Cue:
-    """One subtitle: its times in seconds and its text, lines joined by "\\n"."""
+    """One subtitle: its times in seconds, its text (lines joined by "\\n") and, built from timed
+    words, those words (one per whitespace-separated token of the text)."""
 
     start: float
     end: float
     text: str
+    words: tuple[TimedWord, ...] = ()
 
 
 def wrap(words: list[str], width: int) -> list[str]:
@@ -223,7 +229,7 @@ def word_cues(words: Sequence[TimedWord], options: SubtitleOptions = DEFAULT_SUB
             k = j if j == b else _word_cut(texts, offsets, gaps, i, j, options)
             start = max(timed[i].start, last_end)
             end = max(min(timed[k - 1].end, start + options.max_cue_seconds), start)
-            cues.append(Cue(start, end, "\n".join(wrap(texts[i:k], options.max_line_width))))
+            cues.append(Cue(start, end, "\n".join(wrap(texts[i:k], options.max_line_width)), tuple(timed[i:k])))
             last_end, i = end, k
     return cues
 
@@ -238,3 +244,29 @@ def sentence_spans(words: Sequence[TimedWord], max_silence_s: float = 1.0) -> li
             bounds.append(k)
     bounds.append(len(words))
     return [(i, j) for i, j in itertools.pairwise(bounds) if j > i]
+
+
+def karaoke(start: float, end: float, text: str, words: Sequence[TimedWord]) -> list[Cue]:
+    """One word cue's karaoke copies (openai-whisper's `highlight_words`): for each word, its text
+    with that word in <u>...</u> from the word's start to its end, the plain text in the gaps; times
+    kept within [start, end] and in order. `text`: the cue's text, already escaped for its format;
+    its whitespace-separated tokens are the words (else the cue is returned plain)."""
+    pieces = re.split(r"(\s+)", text)  # tokens at even indices, the whitespace between at odd ones
+    tokens = pieces[::2]
+    if len(tokens) != len(words) or not words:
+        return [Cue(start, end, text)]
+    out: list[Cue] = []
+    last = start
+    for j, word in enumerate(words):
+        a = min(max(word.start, last), end)
+        b = min(max(word.end, a), end)
+        if a > last:
+            out.append(Cue(last, a, text))
+        if b > a:
+            marked = list(pieces)
+            marked[2 * j] = f"<u>{tokens[j]}</u>"
+            out.append(Cue(a, b, "".join(marked)))
+            last = b
+    if end > last:
+        out.append(Cue(last, end, text))
+    return out

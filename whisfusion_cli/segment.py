@@ -14,6 +14,11 @@ Why an energy detector rather than a neural VAD (Silero, pyannote, WebRTC):
     sounds are words. pydub's `silence.detect_silence` does the same dBFS thresholding but
     loops in Python over an `AudioSegment` (int16 conversion of the whole file first).
 
+The energy rule's blind spot is steady noise: 40 dB below the loud level is quieter than any
+background at a usable SNR, so noise or music makes everything "speech" (and noise alone gets
+a window the decoder writes words for). `SegmentOptions(vad="silero")` (`--vad silero`, vad.py)
+asks Silero VAD instead; benchmarks/results/vad_cpu.json compares the two.
+
 The threshold is relative to the file's loud reference level (the 95th percentile of frame
 levels above an absolute floor), so quiet recordings segment like loud ones, while the
 absolute floor keeps a silent or near-silent file from producing any window.
@@ -22,6 +27,7 @@ absolute floor keeps a silent or near-silent file from producing any window.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -53,6 +59,8 @@ class SegmentOptions:
         pad_s: context kept on each side of a speech region, clipped at the midpoint of the
             pause to its neighbour and at the file's bounds.
         max_gap_s: a pause longer than this is never inside a window.
+        vad: what finds the speech: "energy" (the frame-energy rule above) or "silero" (Silero VAD,
+            vad.py: the same min_silence_s, min_speech_s and pad_s; the threshold fields unused).
     """
 
     max_window_s: float = 30.0
@@ -63,8 +71,11 @@ class SegmentOptions:
     min_speech_s: float = 0.1
     pad_s: float = 0.2
     max_gap_s: float = 2.0
+    vad: Literal["energy", "silero"] = "energy"
 
     def __post_init__(self) -> None:
+        if self.vad not in ("energy", "silero"):
+            raise ConfigError(f"segment: vad must be 'energy' or 'silero', got {self.vad!r}")
         if self.frame_ms <= 0 or self.max_window_s <= 0:
             raise ConfigError("segment: frame_ms and max_window_s must be positive")
         if self.max_window_s * 1000.0 < 2 * self.frame_ms:
@@ -187,8 +198,14 @@ def _detect(audio: np.ndarray, options: SegmentOptions) -> tuple[np.ndarray, np.
         raise ValueError(f"segment: expected mono audio of shape (N,), got shape {audio.shape}")
     duration = len(audio) / SAMPLE_RATE
     db = _frame_db(audio, options.frame_length)
-    starts, ends = _raw_regions(db, options)
-    raw = np.stack((starts * options.frame_s, np.minimum(ends * options.frame_s, duration)), axis=1)
+    if options.vad == "silero":
+        from . import vad  # torch, on demand
+
+        found = vad.speech_regions(audio, options.min_silence_s, options.min_speech_s)
+        raw = np.array(found, dtype=np.float64).reshape(-1, 2)
+    else:
+        starts, ends = _raw_regions(db, options)
+        raw = np.stack((starts * options.frame_s, np.minimum(ends * options.frame_s, duration)), axis=1)
     return db, raw, _pad(raw[:, 0], raw[:, 1], options.pad_s, duration)
 
 

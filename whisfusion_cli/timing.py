@@ -8,7 +8,9 @@ the window's audio frames, standardised per head and frame over tokens, median-f
 time (width 7) and averaged over heads; dynamic time warping over (tokens x frames, 20 ms
 each) gives each token the frame where it starts, and the tokens are grouped into words
 (space-prefixed BPE pieces start a word; punctuation attaches to its neighbour). A word's
-probability is the mean of the decoder's probabilities of its tokens.
+probability is the mean of the decoder's probabilities of its tokens. Then, beyond openai-whisper,
+no word may cross a silence of the window (segment.py's energy rule, or Silero VAD), and the word
+edges next to one move onto it (`keep_out_of_silence`); benchmarks/word_timing.py measures both.
 
 The decoder is Whisper's own (WhisperASR) or the rescorer shipped beside a whisfusion model, so
 the text aligned may come from any decoder, PDD's included.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import gzip
 import itertools
+import math
 import string
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -49,6 +52,8 @@ SENTENCE_END_MARKS = ".。!！?？"
 # segmentation algorithm based on VAD should be able to replace this". -40 dB (the windowing
 # threshold) counts LibriSpeech's room noise as speech.
 SILENCE_OPTIONS = SegmentOptions(pad_s=0.0, min_silence_s=0.3, threshold_db=-30.0)
+MAX_SNAP_S = 0.3  # a word edge moves to the silence next to it if that is at most this far (0.5 s also
+# pulled LibriSpeech's "him." over a breath)
 
 # openai-whisper whisper/__init__.py: base85 + gzip boolean masks (n_text_layer, n_text_head).
 ALIGNMENT_HEADS = {
@@ -165,6 +170,9 @@ def _truncate_at_sentence_marks(words: list[_Timing]) -> None:
                 word.start = word.end - max_duration
 
 
+SilenceFinder = Callable[[np.ndarray], list[tuple[float, float]]]
+
+
 def silences(audio: np.ndarray) -> list[tuple[float, float]]:
     """The window's silences in seconds: before its first speech, between speech regions, after its last."""
     duration = len(audio) / SAMPLE_RATE
@@ -175,9 +183,44 @@ def silences(audio: np.ndarray) -> list[tuple[float, float]]:
     return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b > a]
 
 
-def keep_out_of_silence(words: list[_Timing], quiet: list[tuple[float, float]]) -> None:
-    """Moves word edges that the DTW ran into a silence back to its side: a word across the silence's
-    start ends there, one across its end starts there (whichever side holds more of the word)."""
+def union(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of two sets of (start, end) intervals, sorted and merged."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(a + b):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def silero_or_energy_silences(audio: np.ndarray) -> list[tuple[float, float]]:
+    """Where either Silero VAD or the energy rule hears no speech: Silero finds the silences that noise
+    or music fills (the energy rule then finds none), the energy rule keeps its sharper edges."""
+    from .vad import silences as silero_silences
+
+    return union(silences(audio), silero_silences(audio))
+
+
+def silence_finder(vad: str) -> SilenceFinder:
+    """The silences for segment.py's VAD named `vad`: "energy" (`silences`) or "silero"
+    (`silero_or_energy_silences`)."""
+    if vad == "silero":
+        return silero_or_energy_silences
+    if vad != "energy":
+        raise ValueError(f"unknown vad {vad!r} (expected 'energy' or 'silero')")
+    return silences
+
+
+def keep_out_of_silence(words: list[_Timing], quiet: list[tuple[float, float]],
+                        snap_to: list[tuple[float, float]] | None = None) -> None:
+    """Moves word edges that the DTW ran into a silence of `quiet` back to its side: a word across the
+    silence's start ends there, one across its end starts there (whichever side holds more of the
+    word). Then, for each speech stretch between two silences of `snap_to` (default `quiet`; the
+    energy rule's, whose edges are sharp where Silero's lag), its last word ends where the silence
+    after it starts and its first word starts where the one before it ends, if that is at most
+    MAX_SNAP_S away: the speech there is that word's (the DTW ends sentence-final words early,
+    LibriSpeech median 0.13 s)."""
     for w in words:
         for a, b in quiet:
             if w.end <= a or w.start >= b:
@@ -189,6 +232,22 @@ def keep_out_of_silence(words: list[_Timing], quiet: list[tuple[float, float]]) 
                 w.end = a
             else:
                 w.start = b
+    snap_to = quiet if snap_to is None else snap_to
+    bounds = [0.0] + [t for q in snap_to for t in q] + [math.inf]
+    for lo, hi in zip(bounds[::2], bounds[1::2]):  # the speech between two silences
+        inside = [w for w in words if lo <= w.start and w.end <= hi]
+        if not inside:
+            continue
+        first, last = inside[0], inside[-1]
+        if lo > 0 and 0 < first.start - lo <= MAX_SNAP_S and not _in_any(lo, first.start, quiet):
+            first.start = lo
+        if hi < math.inf and 0 < hi - last.end <= MAX_SNAP_S and not _in_any(last.end, hi, quiet):
+            last.end = hi
+
+
+def _in_any(a: float, b: float, quiet: list[tuple[float, float]]) -> bool:
+    """Whether (a, b) overlaps a silence of `quiet` (then a snap across it would enter the silence)."""
+    return any(a < e and s < b for s, e in quiet)
 
 
 def merge_punctuation(words: list[_Timing]) -> list[_Timing]:
@@ -249,11 +308,13 @@ def attention_matrix(decoder: WhisperTextDecoder, xa: Tensor, prompt: list[int],
 
 
 def align_window(decoder: WhisperTextDecoder, xa: Tensor, prompt: list[int], tokens: list[int], eot: int,
-                 audio: np.ndarray, heads: Tensor, decode: Callable[[list[int]], str]) -> list[Word]:
+                 audio: np.ndarray, heads: Tensor, decode: Callable[[list[int]], str],
+                 find_silences: SilenceFinder | None = silences) -> list[Word]:
     """The words of one window's text (ids `tokens`, without prompt or eot) with times in seconds
     from the window's start, within [0, its duration]; [] for no text.
 
-    xa: the window's encoder states (1, S, C); audio: its samples (N,)."""
+    xa: the window's encoder states (1, S, C); audio: its samples (N,); find_silences: where no word
+    may be (None: openai-whisper's method alone)."""
     n_samples = len(audio)
     tokens = tokens[: decoder.config.n_text_ctx - len(prompt) - 1]
     if not tokens:
@@ -268,16 +329,19 @@ def align_window(decoder: WhisperTextDecoder, xa: Tensor, prompt: list[int], tok
     timings = [_Timing(text, float(jump_times[i]), float(jump_times[j]), float(np.mean(token_probs[i:j])))
                for (text, _), i, j in zip(words[:-1], boundaries[:-1], boundaries[1:])]
     _truncate_at_sentence_marks(timings)
-    keep_out_of_silence(timings, silences(audio))
+    timings = merge_punctuation(timings)  # first: a word's own edge snaps, not its full stop's
+    if find_silences is not None:
+        quiet = find_silences(audio)  # edges snap onto the energy rule's silences only: Silero's lag the speech
+        keep_out_of_silence(timings, quiet, quiet if find_silences is silences else silences(audio))
     duration = n_samples / SAMPLE_RATE
-    return [Word(t.word, min(t.start, duration), min(t.end, duration), t.probability)
-            for t in merge_punctuation(timings)]
+    return [Word(t.word, min(t.start, duration), min(t.end, duration), t.probability) for t in timings]
 
 
 @torch.inference_mode()
 def word_timestamps(decoder: WhisperTextDecoder, xa: Tensor, prompt: list[int], eot: int,
                     tokens: list[list[int]], windows: Sequence[np.ndarray],
-                    decode: Callable[[list[int]], str]) -> list[list[Word]]:
+                    decode: Callable[[list[int]], str], find_silences: SilenceFinder | None = silences
+                    ) -> list[list[Word]]:
     """Words with times (seconds from each window's start) for a batch of windows' texts.
 
     Args:
@@ -288,7 +352,9 @@ def word_timestamps(decoder: WhisperTextDecoder, xa: Tensor, prompt: list[int], 
         tokens: each window's text as ids, the way the decoder writes it (leading space).
         windows: each window's audio, (N,) at 16 kHz.
         decode: ids -> text, not stripped (a piece keeps its leading space).
+        find_silences: a window's samples -> its silences in seconds, which no word may cross
+            (`silences`: the energy rule); None: openai-whisper's method alone.
     """
     heads = alignment_heads(decoder.config)
-    return [align_window(decoder, xa[b: b + 1], prompt, ids, eot, audio, heads, decode)
+    return [align_window(decoder, xa[b: b + 1], prompt, ids, eot, audio, heads, decode, find_silences)
             for b, (ids, audio) in enumerate(zip(tokens, windows))]

@@ -30,8 +30,18 @@ from .config import DecodingOptions
 from .errors import ConfigError, WhisfusionError
 from .jobs import MEDIA_EXTENSIONS, STDIN, Job, collect_jobs, find_jobs, spool_stdin
 from .progress import AudioClock, Progress, window_spans
-from .resume import (Kept, append_windows, load_json, load_sidecar, partial_path, restart_sidecar,
-                     result_fields, run_key, same_window, window_row)
+from .resume import (
+    Kept,
+    append_windows,
+    load_json,
+    load_sidecar,
+    partial_path,
+    restart_sidecar,
+    result_fields,
+    run_key,
+    same_window,
+    window_row,
+)
 from .segment import SegmentOptions, Window, split_windows
 from .transcript import Segment, SubtitleOptions, Transcript, output_paths, window_segments, write_transcript
 
@@ -131,11 +141,11 @@ def set_language(model: ASRModel, language: str) -> str:
 
 
 def decode_with_backoff(model: ASRModel, windows: list[np.ndarray], options: DecodingOptions | None,
-                        word_timestamps: bool = False) -> list[WindowResult]:
+                        word_timestamps: bool = False, vad: str = "energy") -> list[WindowResult]:
     """Decodes a batch; on CUDA out-of-memory, halves it and retries (down to one window)."""
     try:
         if word_timestamps:
-            return model.decode_windows(windows, options, word_timestamps=True)
+            return model.decode_windows(windows, options, word_timestamps=True, vad=vad)
         return model.decode_windows(windows, options)
     except torch.cuda.OutOfMemoryError:
         if len(windows) == 1:
@@ -144,8 +154,8 @@ def decode_with_backoff(model: ASRModel, windows: list[np.ndarray], options: Dec
         half = len(windows) // 2
         log.warning("CUDA out of memory at %d windows: retrying as %d + %d", len(windows), half,
                     len(windows) - half)
-        return (decode_with_backoff(model, windows[:half], options, word_timestamps)
-                + decode_with_backoff(model, windows[half:], options, word_timestamps))
+        return (decode_with_backoff(model, windows[:half], options, word_timestamps, vad)
+                + decode_with_backoff(model, windows[half:], options, word_timestamps, vad))
 
 
 def _settings(model: ASRModel, options: TranscribeOptions) -> dict[str, Any]:
@@ -333,7 +343,7 @@ def _run_batch(queue: list[tuple[_FileState, int]], model: ASRModel, options: Tr
     batch = list(queue)
     queue.clear()
     results = decode_with_backoff(model, [s.windows[i].slice(s.audio) for s, i in batch], options.decoding,
-                                  options.word_timestamps)
+                                  options.word_timestamps, options.segment.vad)
     fresh: dict[_FileState, list[int]] = {}
     for (state, i), result in zip(batch, results):
         state.results[i] = result

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .cues import DEFAULT_SUBTITLES, SubtitleOptions, sentence_spans, text_cues, word_cues
+from .cues import DEFAULT_SUBTITLES, SubtitleOptions, karaoke, sentence_spans, text_cues, word_cues
 from .errors import ConfigError
 
 __all__ = [
@@ -143,7 +143,7 @@ def _transcript_cues(transcript: Transcript, options: SubtitleOptions) -> list[S
         if run:
             words = [w for s in run for w in s.words]
             confidence = run[0].confidence
-            cues += [Segment(0, c.start, c.end, c.text, confidence)
+            cues += [Segment(0, c.start, c.end, c.text, confidence, c.words)
                      for c in word_cues(words, options, cues[-1].end if cues else 0.0)]
             run = []
         if segment is not None:
@@ -226,11 +226,24 @@ def format_txt(transcript: Transcript) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def _shown_cues(transcript: Transcript, options: SubtitleOptions,
+                escape: Callable[[str], str]) -> list[tuple[float, float, str]]:
+    """(start, end, escaped text) of each cue shown: `subtitle_cues`, or with options.highlight_words
+    each word cue's karaoke copies (cues.karaoke)."""
+    shown = []
+    for cue in subtitle_cues(transcript, options=options):
+        if options.highlight_words and cue.words:
+            shown += [(k.start, k.end, k.text) for k in karaoke(cue.start, cue.end, escape(cue.text), cue.words)]
+        else:
+            shown.append((cue.start, cue.end, escape(cue.text)))
+    return shown
+
+
 def format_srt(transcript: Transcript, options: SubtitleOptions = DEFAULT_SUBTITLES) -> str:
     """SubRip subtitles from `subtitle_cues` (default limits unless given); "" for no cues."""
     return "".join(
-        f"{cue.id}\n{_timestamp(cue.start, ',')} --> {_timestamp(cue.end, ',')}\n{cue.text}\n\n"
-        for cue in subtitle_cues(transcript, options=options)
+        f"{n}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n\n"
+        for n, (start, end, text) in enumerate(_shown_cues(transcript, options, str), start=1)
     )
 
 
@@ -242,8 +255,8 @@ def _vtt_escape(text: str) -> str:
 def format_vtt(transcript: Transcript, options: SubtitleOptions = DEFAULT_SUBTITLES) -> str:
     """WebVTT subtitles from the same cues as `format_srt`; "WEBVTT\\n\\n" for no cues."""
     cues = "".join(
-        f"{_timestamp(cue.start, '.')} --> {_timestamp(cue.end, '.')}\n{_vtt_escape(cue.text)}\n\n"
-        for cue in subtitle_cues(transcript, options=options)
+        f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n\n"
+        for start, end, text in _shown_cues(transcript, options, _vtt_escape)
     )
     return "WEBVTT\n\n" + cues
 
