@@ -131,7 +131,9 @@ def test_silence_keeps_words_out_and_pulls_the_edges_next_to_it() -> None:
     words = [_Timing(" a", 0.5, 1.2, 0.9), _Timing(" b", 1.2, 1.8, 0.9), _Timing(" c", 2.9, 3.3, 0.9),
              _Timing(" d", 3.3, 3.6, 0.9), _Timing(" e", 5.5, 6.0, 0.9)]
     quiet = [(0.0, 0.7), (2.0, 3.0), (4.5, 5.0)]
-    keep_out_of_silence(words, quiet)
+    made_up = _Timing(" longer.", 2.2, 2.6, 0.5)  # wholly inside a silence: nobody said it there
+    kept = keep_out_of_silence(words[:2] + [made_up] + words[2:], quiet)
+    assert kept == words  # the same objects, in order, without it
     spans = [(w.start, w.end) for w in words]
     assert spans[0] == (0.7, 1.2)  # ran into the leading silence: starts where it ends
     assert spans[1] == (1.2, 2.0)  # ended 0.2 s before a silence: the speech up to it is this word's
@@ -145,7 +147,7 @@ def test_snapping_stops_at_any_silence_and_unions_merge() -> None:
     words = [_Timing(" a", 0.5, 1.0, 0.9), _Timing(" b", 1.5, 1.8, 0.9)]
     # the energy rule's silence starts 0.2 s after "a", but Silero's starts 0.1 s after it: no snap;
     # both end at 1.4, 0.1 s before "b": it snaps
-    keep_out_of_silence(words, quiet=[(1.1, 1.4)], snap_to=[(1.2, 1.4)])
+    assert keep_out_of_silence(words, quiet=[(1.1, 1.4)], snap_to=[(1.2, 1.4)]) == words
     assert (words[0].end, words[1].start) == (1.0, 1.4)
     assert union([(0.0, 1.0), (3.0, 4.0)], [(0.5, 2.0), (5.0, 6.0)]) == [(0.0, 2.0), (3.0, 4.0), (5.0, 6.0)]
 

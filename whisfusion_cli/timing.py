@@ -213,21 +213,23 @@ def silence_finder(vad: str) -> SilenceFinder:
 
 
 def keep_out_of_silence(words: list[_Timing], quiet: list[tuple[float, float]],
-                        snap_to: list[tuple[float, float]] | None = None) -> None:
-    """Moves word edges that the DTW ran into a silence of `quiet` back to its side: a word across the
+                        snap_to: list[tuple[float, float]] | None = None) -> list[_Timing]:
+    """The words that are heard, their edges kept out of silence. A word wholly inside a silence of
+    `quiet` is dropped: nobody speaks there, so the decoder made it up (a doubled "longer." the DTW
+    put into the 2.8 s pause after the first), and its segment's text loses it too. Then it moves
+    word edges that the DTW ran into a silence of `quiet` back to its side: a word across the
     silence's start ends there, one across its end starts there (whichever side holds more of the
     word). Then, for each speech stretch between two silences of `snap_to` (default `quiet`; the
     energy rule's, whose edges are sharp where Silero's lag), its last word ends where the silence
     after it starts and its first word starts where the one before it ends, if that is at most
     MAX_SNAP_S away: the speech there is that word's (the DTW ends sentence-final words early,
     LibriSpeech median 0.13 s)."""
+    words = [w for w in words if not any(a <= w.start and w.end <= b for a, b in quiet)]
     for w in words:
         for a, b in quiet:
             if w.end <= a or w.start >= b:
                 continue
             before, after = max(a - w.start, 0.0), max(w.end - b, 0.0)
-            if before == after == 0.0:
-                continue  # wholly inside: nothing to snap to
             if before >= after:
                 w.end = a
             else:
@@ -243,6 +245,7 @@ def keep_out_of_silence(words: list[_Timing], quiet: list[tuple[float, float]],
             first.start = lo
         if hi < math.inf and 0 < hi - last.end <= MAX_SNAP_S and not _in_any(last.end, hi, quiet):
             last.end = hi
+    return words
 
 
 def _in_any(a: float, b: float, quiet: list[tuple[float, float]]) -> bool:
@@ -332,7 +335,7 @@ def align_window(decoder: WhisperTextDecoder, xa: Tensor, prompt: list[int], tok
     timings = merge_punctuation(timings)  # first: a word's own edge snaps, not its full stop's
     if find_silences is not None:
         quiet = find_silences(audio)  # edges snap onto the energy rule's silences only: Silero's lag the speech
-        keep_out_of_silence(timings, quiet, quiet if find_silences is silences else silences(audio))
+        timings = keep_out_of_silence(timings, quiet, quiet if find_silences is silences else silences(audio))
     duration = n_samples / SAMPLE_RATE
     return [Word(t.word, min(t.start, duration), min(t.end, duration), t.probability) for t in timings]
 
