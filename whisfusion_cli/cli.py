@@ -227,7 +227,7 @@ def transcribe(
             to_stdout = (len(jobs) == 1 and not missing and output_dir is None and fmts == ("txt",)
                          and not inputs[0].is_dir())
             asr, options, lang = (None, options, language) if ray is not None else \
-                load_checked(model, dev, dtype, preset, overrides, options, language, word_timestamps)
+                load_checked(model, dev, dtype, preset, overrides, language, word_timestamps)
             redo = overwrite or to_stdout or list(inputs) == [STDIN]  # piped media: no earlier run to resume
             topts = TranscribeOptions(fmts, redo, batch_size, not to_stdout, options, language=lang,
                                       word_timestamps=word_timestamps, subtitles=subtitles, segment=segment)
@@ -289,18 +289,13 @@ def gather_inputs(inputs: list[Path], output_dir: Path | None,
 
 
 def load_checked(model: str, device: object, dtype: str, preset: str | None, overrides: dict,
-                 options: DecodingOptions | None, language: str,
-                 word_timestamps: bool = False) -> tuple[Any, DecodingOptions | None, str]:
+                 language: str = "en", word_timestamps: bool = False) -> tuple[Any, DecodingOptions | None, str]:
     """Loads the model and checks the decoding options and language against it (exit 2 if not)."""
-    from .transcribe import WhisfusionASR, load_model, set_language
+    from .transcribe import ModelSpec
 
     try:
-        asr = load_model(model, device, dtype)  # type: ignore[arg-type]
-        if isinstance(asr, WhisfusionASR):
-            if options is not None:
-                options = resolve_decoding_options(preset, overrides, asr.cfg)  # the model's own presets
-            asr.check_options(options or asr.options(), word_timestamps)
-        return asr, options, set_language(asr, language)
+        return ModelSpec(model, str(device), dtype, preset, tuple(overrides.items()), language,
+                         word_timestamps).load()
     except WhisfusionError as e:
         raise fail(str(e), 2) from None
 
@@ -620,7 +615,6 @@ def run_eval(examples: list, skipped: Counter, model: str | None, preset: str | 
 
     from .evaluate import EvalOptions, evaluate
     from .report import report_to_dict
-    from .transcribe import check_device, load_model
 
     model = model or default_model()
     if model is None:
@@ -629,12 +623,11 @@ def run_eval(examples: list, skipped: Counter, model: str | None, preset: str | 
         raise fail(nothing_scored(skipped), 1)
     try:
         overrides = decoding_overrides(select=select, verify=verify)
-        options = resolve_decoding_options(preset, overrides)
-        asr = load_model(model, check_device(device), dtype)
-        if asr.engine == "pdd":
-            if options is not None:
-                options = resolve_decoding_options(preset, overrides, asr.cfg)  # type: ignore[attr-defined]
-            asr.check_options(options or asr.options())  # type: ignore[attr-defined]
+        resolve_decoding_options(preset, overrides)  # bad options: exit 2 before the model loads
+    except WhisfusionError as e:
+        raise fail(str(e), 2) from None
+    asr, options, _ = load_checked(model, device, dtype, preset, overrides)
+    try:
         eopts = EvalOptions(batch_size=batch_size, limit=limit, options=options)
     except WhisfusionError as e:
         raise fail(str(e), 2) from None

@@ -22,9 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .config import DecodingOptions, resolve_decoding_options
 from .errors import ConfigError, WhisfusionError
-from .transcribe import ASRModel, Event, FileDone, FileFailed, Job, TranscribeOptions, transcribe_files
+from .transcribe import Event, FileDone, FileFailed, Job, ModelSpec, TranscribeOptions, transcribe_files
 from .transcript import output_paths
 
 __all__ = ["RAY_MISSING", "ClusterError", "ClusterOptions", "ModelSpec", "Replica", "Cluster", "import_ray"]
@@ -49,34 +48,6 @@ class ClusterOptions:
     address: str = "local"  # "local": start a Ray cluster here; "auto", "ray://head:10001": join one
     workers: int | None = None  # replicas; None: one per GPU, else one per CPU_CORES_PER_WORKER cores
     max_attempts: int = MAX_ATTEMPTS
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How each replica loads its model and checks the options against it (the CLI's checks)."""
-
-    model: str  # a checkpoint directory (the same path on every node) or a Hugging Face repo id
-    device: str = "auto"  # in a GPU replica, "auto" and "cuda" are the GPU Ray gave it
-    dtype: str = "auto"
-    preset: str | None = None
-    overrides: tuple[tuple[str, Any], ...] = ()  # DecodingOptions fields (config.decoding_overrides' items)
-    language: str = "en"
-    word_timestamps: bool = False
-
-    def load(self) -> tuple[ASRModel, DecodingOptions | None, str]:
-        """The model, the decoding options resolved against it (None: its default) and the language code.
-
-        Raises:
-            WhisfusionError: the model cannot be loaded, or the options or language do not fit it.
-        """
-        from .transcribe import WhisfusionASR, check_device, load_model, set_language
-
-        asr = load_model(self.model, check_device(self.device), self.dtype)
-        cfg = asr.cfg if isinstance(asr, WhisfusionASR) else None  # the model's own presets
-        options = resolve_decoding_options(self.preset, dict(self.overrides), cfg)
-        if isinstance(asr, WhisfusionASR):
-            asr.check_options(options or asr.options(), self.word_timestamps)
-        return asr, options, set_language(asr, self.language)
 
 
 class Replica:

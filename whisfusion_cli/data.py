@@ -14,8 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import WhisfusionError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_DURATION_S = 30.0  # one encoder window
 
@@ -181,13 +185,24 @@ def long_windows(durations: list[float], low: float = 25.0, high: float = 30.0,
     return windows
 
 
-def join_long(examples: Sequence[Example], out_dir: Path) -> list[Example]:
-    """The examples as `clips/<subset>`, then each subset's clips, and all of them when there are
-    several subsets, joined by `long_windows` into 25-30 s windows with LONG_PAUSE_S of silence
-    between clips (16 kHz WAVs written to `out_dir`) as `long/<subset>` and `long/all`. Clips that
-    cannot be read are left out of the windows (the evaluation counts them as it loads them)."""
+def join_clips(clips: Sequence[tuple[np.ndarray, str]]) -> list[tuple[np.ndarray, str]]:
+    """(audio, text) clips at 16 kHz joined by `long_windows` into 25-30 s windows with LONG_PAUSE_S
+    of silence between clips: each window's audio and its clips' texts, in order."""
     import numpy as np
 
+    from .audio import SAMPLE_RATE
+
+    gap = np.zeros(round(LONG_PAUSE_S * SAMPLE_RATE), np.float32)
+    return [(np.concatenate([x for i in window for x in (gap, clips[i][0])][1:]),
+             " ".join(clips[i][1] for i in window))
+            for window in long_windows([len(audio) / SAMPLE_RATE for audio, _ in clips])]
+
+
+def join_long(examples: Sequence[Example], out_dir: Path) -> list[Example]:
+    """The examples as `clips/<subset>`, then each subset's clips, and all of them when there are
+    several subsets, joined by `join_clips` (16 kHz WAVs written to `out_dir`) as `long/<subset>`
+    and `long/all`. Clips that cannot be read are left out of the windows (the evaluation counts
+    them as it loads them)."""
     from .audio import SAMPLE_RATE, load_audio, write_wav
     from .errors import AudioError
 
@@ -197,15 +212,13 @@ def join_long(examples: Sequence[Example], out_dir: Path) -> list[Example]:
             audio[ex.audio] = load_audio(ex.audio)
         except AudioError:
             pass
-    gap = np.zeros(round(LONG_PAUSE_S * SAMPLE_RATE), np.float32)
     subsets = list(dict.fromkeys(ex.subset for ex in examples))
     parts = [(s, [ex for ex in examples if ex.subset == s and ex.audio in audio]) for s in subsets]
     if len(subsets) > 1:
         parts.append(("all", [ex for ex in examples if ex.audio in audio]))
     out = [replace(ex, subset=f"clips/{ex.subset}") for ex in examples]
     for name, part in parts:
-        for n, window in enumerate(long_windows([len(audio[ex.audio]) / SAMPLE_RATE for ex in part])):
-            joined = np.concatenate([x for i in window for x in (gap, audio[part[i].audio])][1:])
+        for n, (joined, text) in enumerate(join_clips([(audio[ex.audio], ex.text) for ex in part])):
             path = write_wav(out_dir / f"long-{name.replace('/', '_')}-{n:04d}.wav", joined)
-            out.append(Example(path, " ".join(part[i].text for i in window), len(joined) / SAMPLE_RATE, f"long/{name}"))
+            out.append(Example(path, text, len(joined) / SAMPLE_RATE, f"long/{name}"))
     return out

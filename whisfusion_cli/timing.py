@@ -35,6 +35,7 @@ from torch import Tensor
 from .config import WhisperTextConfig
 from .segment import SegmentOptions, speech_regions
 from .transcript import Word
+from .vad import non_speech
 from .whisper import MultiHeadAttention, WhisperTextDecoder
 
 SAMPLE_RATE = 16000  # Hz (audio.py's)
@@ -175,12 +176,7 @@ SilenceFinder = Callable[[np.ndarray], list[tuple[float, float]]]
 
 def silences(audio: np.ndarray) -> list[tuple[float, float]]:
     """The window's silences in seconds: before its first speech, between speech regions, after its last."""
-    duration = len(audio) / SAMPLE_RATE
-    regions = speech_regions(audio, SILENCE_OPTIONS)
-    if not regions:
-        return []
-    edges = [0.0] + [t for region in regions for t in region] + [duration]
-    return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if b > a]
+    return non_speech(speech_regions(audio, SILENCE_OPTIONS), len(audio) / SAMPLE_RATE)
 
 
 def union(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> list[tuple[float, float]]:

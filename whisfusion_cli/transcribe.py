@@ -26,7 +26,7 @@ import torch
 from .asr import ASRModel, WhisfusionASR, WhisperASR, WindowResult, load_model
 from .audio import SAMPLE_RATE, load_audio, media_duration
 from .checkpoint import resolve_device
-from .config import DecodingOptions
+from .config import DecodingOptions, resolve_decoding_options
 from .errors import ConfigError, WhisfusionError
 from .jobs import MEDIA_EXTENSIONS, STDIN, Job, collect_jobs, find_jobs, spool_stdin
 from .progress import AudioClock, Progress, window_spans
@@ -138,6 +138,33 @@ def set_language(model: ASRModel, language: str) -> str:
                 from None
         return code
     raise ConfigError(f"language {language!r} is not supported: this model transcribes English only (en)")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to load and the options to check against it: what `transcribe` and `eval` load, and
+    each `--ray` replica (cluster.py)."""
+
+    model: str  # a checkpoint directory (the same path on every node) or a Hugging Face repo id
+    device: str = "auto"  # in a GPU replica, "auto" and "cuda" are the GPU Ray gave it
+    dtype: str = "auto"
+    preset: str | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()  # DecodingOptions fields (config.decoding_overrides' items)
+    language: str = "en"
+    word_timestamps: bool = False
+
+    def load(self) -> tuple[ASRModel, DecodingOptions | None, str]:
+        """The model, the decoding options resolved against it (None: its default) and the language code.
+
+        Raises:
+            WhisfusionError: the model cannot be loaded, or the options or language do not fit it.
+        """
+        asr = load_model(self.model, check_device(self.device), self.dtype)
+        cfg = asr.cfg if isinstance(asr, WhisfusionASR) else None  # the model's own presets
+        options = resolve_decoding_options(self.preset, dict(self.overrides), cfg)
+        if isinstance(asr, WhisfusionASR):
+            asr.check_options(options or asr.options(), self.word_timestamps)
+        return asr, options, set_language(asr, self.language)
 
 
 def decode_with_backoff(model: ASRModel, windows: list[np.ndarray], options: DecodingOptions | None,

@@ -66,8 +66,12 @@ def speech_regions(audio: np.ndarray, min_silence_s: float = 0.3, min_speech_s: 
 def silences(audio: np.ndarray, min_silence_s: float = 0.3) -> list[tuple[float, float]]:
     """The window's non-speech by Silero VAD, in seconds: before, between and after its speech regions
     (timing.py's `find_silences`); [] if it finds no speech at all (nothing to keep words out of)."""
-    duration = len(audio) / SAMPLE_RATE
-    regions = speech_regions(audio, min_silence_s=min_silence_s)
+    return non_speech(speech_regions(audio, min_silence_s=min_silence_s), len(audio) / SAMPLE_RATE)
+
+
+def non_speech(regions: list[tuple[float, float]], duration: float) -> list[tuple[float, float]]:
+    """What sorted disjoint speech `regions` leave of [0, duration]: before, between and after them;
+    [] for no speech at all (nothing to keep words out of). Either VAD's silences (timing.py's too)."""
     if not regions:
         return []
     edges = [0.0] + [t for region in regions for t in region] + [duration]

@@ -26,11 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stream_train import read_audio
 
-import numpy as np
-
 from whisfusion_cli.asr import load_model
-from whisfusion_cli.audio import SAMPLE_RATE
-from whisfusion_cli.data import LONG_PAUSE_S, long_windows
+from whisfusion_cli.data import join_clips
 from whisfusion_cli.wer import normalize, word_errors
 
 # name -> (preset, overrides): the paper's presets, then more steps for the accurate one
@@ -77,14 +74,9 @@ def manifest_sets(manifest: Path) -> dict[str, list]:
     rows = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
     clips = [(read_audio(manifest.parent / r["audio"]), r["text"], r["speaker"]) for r in rows]
     native = [c for c in clips if NON_NATIVE not in c[2]]
-    gap = np.zeros(int(LONG_PAUSE_S * SAMPLE_RATE), np.float32)
 
     def joined(part: list) -> list:
-        out = []
-        for w in long_windows([len(c[0]) / SAMPLE_RATE for c in part]):
-            audio = np.concatenate([x for i in w for x in (gap, part[i][0])][1:])
-            out.append((audio, " ".join(part[i][1] for i in w), "long"))
-        return out
+        return [(audio, text, "long") for audio, text in join_clips([(c[0], c[1]) for c in part])]
     return {"devreal-native": native, "devreal-so": [c for c in clips if NON_NATIVE in c[2]],
             "long-all": joined(clips), "long-native": joined(native)}
 
